@@ -1,0 +1,1 @@
+"""Checkpoint I/O: lazy sharded reader, atomic sharded writer, architecture layouts."""

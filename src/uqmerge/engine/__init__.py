@@ -1,0 +1,1 @@
+"""Merge plan, streaming executor and sinks."""

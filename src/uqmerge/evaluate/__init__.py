@@ -1,0 +1,1 @@
+"""Evaluation of MLLMs: multiple-choice accuracy and open-ended exact match."""

@@ -1,0 +1,1 @@
+"""Run records, plots, markdown/HTML reports and model cards."""

@@ -1,0 +1,1 @@
+"""UQ-Merge model selection (Algorithm 1) and its guidance ablations."""

@@ -1,0 +1,1 @@
+"""Vision-language perturbation uncertainty (UQ) of MLLMs on multiple-choice data."""

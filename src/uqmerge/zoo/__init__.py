@@ -1,0 +1,1 @@
+"""Miniature MLLM zoo: synthetic vision-language tasks and tiny LLaVA experts."""
