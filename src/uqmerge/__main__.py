@@ -1,0 +1,5 @@
+"""``python -m uqmerge`` runs the command line."""
+
+from uqmerge.cli import main
+
+main()

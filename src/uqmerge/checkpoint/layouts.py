@@ -1,0 +1,127 @@
+"""Architecture layouts (regex rules loaded from layouts.json) that classify every tensor into a component."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from uqmerge.errors import LayoutError
+
+COMPONENTS = ("vision_tower", "projector", "language_model")
+ROLES = ("embeddings", "lm_head", "attention", "mlp", "norm")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A regex over on-disk tensor names and the component (and optional role) it assigns."""
+
+    pattern: str
+    component: str
+    role: str | None = None
+
+    def matches(self, name: str) -> bool:
+        return re.search(self.pattern, name) is not None
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Where a tensor belongs: ``component`` and, for the language model, its ``role``."""
+
+    component: str
+    role: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``component`` or ``component.role``, as used in ``components:`` config overrides."""
+        return f"{self.component}.{self.role}" if self.role else self.component
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A named architecture layout: ordered component rules and the language-model role rules."""
+
+    name: str
+    description: str
+    rules: tuple[Rule, ...]
+    role_rules: tuple[Rule, ...]
+
+    def with_extra_rules(self, extra: Sequence[Rule]) -> Layout:
+        """A copy whose user rules take precedence over the built-in ones."""
+        return Layout(self.name, self.description, (*extra, *self.rules), self.role_rules)
+
+    def classify(self, name: str) -> Classification | None:
+        """The component (and LM role) of tensor ``name``, or None if no rule matches."""
+        for rule in self.rules:
+            if rule.matches(name):
+                if rule.role is not None or rule.component != "language_model":
+                    return Classification(rule.component, rule.role)
+                role = next((r.role for r in self.role_rules if r.matches(name)), None)
+                return Classification(rule.component, role) if role else None
+        return None
+
+    def classify_all(self, names: Iterable[str]) -> dict[str, Classification]:
+        """Classify every name; a LayoutError lists all unclassified tensors."""
+        result: dict[str, Classification] = {}
+        unclassified = []
+        for name in names:
+            c = self.classify(name)
+            if c is None:
+                unclassified.append(name)
+            else:
+                result[name] = c
+        if unclassified:
+            shown = "\n  ".join(unclassified[:20])
+            more = f"\n  … and {len(unclassified) - 20} more" if len(unclassified) > 20 else ""
+            raise LayoutError(
+                f"layout {self.name!r}: {len(unclassified)} tensors match no rule:\n  {shown}{more}\n"
+                "Add rules in the config, e.g. layout_rules: [{pattern: '^my_adapter\\.', component: projector}]"
+            )
+        return result
+
+
+@cache
+def _data() -> dict[str, Any]:
+    return json.loads(resources.files("uqmerge.checkpoint").joinpath("layouts.json").read_text())
+
+
+def _rules(raw: Sequence[Mapping[str, str]], component: str | None = None) -> tuple[Rule, ...]:
+    return tuple(Rule(r["pattern"], r.get("component", component or ""), r.get("role")) for r in raw)
+
+
+def layout_names() -> list[str]:
+    """Names of the built-in layouts."""
+    return sorted(_data()["layouts"])
+
+
+def get_layout(name: str) -> Layout:
+    """The built-in layout called ``name``."""
+    data = _data()
+    try:
+        raw = data["layouts"][name]
+    except KeyError:
+        raise LayoutError(f"unknown layout {name!r}; known: {', '.join(layout_names())}") from None
+    return Layout(
+        name, raw["description"], _rules(raw["rules"]), _rules(data["language_model_roles"], "language_model")
+    )
+
+
+def detect_layout(config: Mapping[str, Any], *, source: str = "config.json") -> Layout:
+    """Pick the layout from a model's ``config.json`` (``model_type``, then ``architectures``)."""
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    for name, raw in _data()["layouts"].items():
+        if model_type in raw.get("model_types", []):
+            return get_layout(name)
+    for name, raw in _data()["layouts"].items():
+        suffixes = tuple(raw.get("architecture_suffixes", []))
+        if suffixes and any(a.endswith(suffixes) for a in architectures):
+            return get_layout(name)
+    raise LayoutError(
+        f"{source}: no layout for model_type={model_type!r} architectures={architectures}; known layouts: "
+        f"{', '.join(layout_names())}. Set `layout:` in the config to one of them and add `layout_rules:`."
+    )

@@ -1,0 +1,156 @@
+"""The `uqmerge` command line (typer): merge, methods, demo and the commands later issues add."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from uqmerge.errors import UQMergeError
+
+app = typer.Typer(
+    help="Merge multimodal LLMs fine-tuned from one base, with uncertainty-guided selection (UQ-Merge).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+log = logging.getLogger("uqmerge")
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``5000000000``, ``5GB`` or ``512MiB``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise typer.BadParameter(f"expected a size in bytes such as 5000000000, 5GB or 512MiB, got {text!r}")
+    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise typer.BadParameter("size must be positive")
+    return value
+
+
+def setup_logging(verbose: bool, quiet: bool) -> None:
+    """Rich logging to stderr; ``--quiet`` shows only warnings."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+        force=True,
+    )
+
+
+def fail(error: Exception) -> typer.Exit:
+    """Report a user-facing error without a traceback; exit status 2."""
+    err_console.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; warnings and errors only.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+Device = Annotated[str, typer.Option(help="Compute device: cpu, cuda or auto (CUDA when available).")]
+
+
+@app.command()
+def merge(
+    config: Annotated[
+        Path, typer.Argument(help="Merge recipe (YAML, mergekit-like).", exists=True, dir_okay=False)
+    ],
+    out_dir: Annotated[
+        Path, typer.Argument(help="Output directory (must be empty or absent unless --force).")
+    ],
+    max_shard_size: Annotated[
+        str, typer.Option(help="Largest output shard, in bytes (suffixes KB/MB/GB/KiB/MiB/GiB accepted).")
+    ] = "5000000000",
+    device: Device = "cpu",
+    force: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Allow .bin pickles (loaded with torch.load(weights_only=True)).")
+    ] = False,
+    allow_nonfinite: Annotated[
+        bool, typer.Option(help="Merge input tensors that contain NaN or Inf.")
+    ] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Merge the models of CONFIG into an HF checkpoint in OUT_DIR (streaming, atomic, coverage-checked)."""
+    from uqmerge.config import load_merge_config
+    from uqmerge.engine.merge import merge_to_dir
+
+    setup_logging(verbose, quiet)
+    try:
+        cfg = load_merge_config(config)
+        report = merge_to_dir(
+            cfg,
+            out_dir,
+            max_shard_size=parse_size(max_shard_size),
+            device=device,
+            force=force,
+            allow_pickle=allow_pickle,
+            allow_nonfinite=allow_nonfinite,
+            quiet=quiet,
+        )
+    except UQMergeError as e:
+        raise fail(e) from None
+    if not quiet:
+        err_console.print(f"merged {report.tensors} tensors into {out_dir}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered merge methods and their parameters."""
+    from uqmerge.methods import get_method, method_names
+
+    table = Table("method", "parameters (per-model*)", "summary")
+    for name in method_names():
+        m = get_method(name)
+        params = ", ".join(f"{p.name}{'*' if p.per_model else ''}={p.default}" for p in m.params)
+        table.add_row(name, params, m.summary)
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where to build the demo models and outputs.")] = Path(
+        ".uqmerge-cache/demo"
+    ),
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Build tiny LLaVA models, merge them with every baseline method, and check the outputs generate."""
+    from uqmerge.demo import run_demo
+
+    setup_logging(verbose, quiet)
+    try:
+        rows = run_demo(workdir, quiet=quiet)
+    except UQMergeError as e:
+        raise fail(e) from None
+    table = Table("method", "tensors", "max |Δ| vs base (LM)", "generate", "seconds")
+    for row in rows:
+        table.add_row(*[str(x) for x in row])
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point for ``python -m uqmerge``."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

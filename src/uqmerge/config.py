@@ -1,0 +1,123 @@
+"""Pydantic models of the YAML config files (unknown keys are errors) and their loading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from uqmerge.errors import ConfigError
+
+ParamValue = float | int | str
+DTypeName = Literal["float32", "float16", "bfloat16"]
+KEEP_BASE = "keep_base"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(_Strict):
+    """One input model and its per-model parameters (``weight``, ``density``, …)."""
+
+    model: str
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+
+
+class ComponentMethod(_Strict):
+    """A per-component override: its own method and parameters."""
+
+    merge_method: str
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+
+
+class LayoutRuleConfig(_Strict):
+    """A user rule classifying tensors the built-in layout does not know."""
+
+    pattern: str
+    component: Literal["vision_tower", "projector", "language_model"]
+    role: Literal["embeddings", "lm_head", "attention", "mlp", "norm"] | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression {pattern!r}: {e}") from e
+    return pattern
+
+
+class MergeConfig(_Strict):
+    """A mergekit-like merge recipe (see README, "Merge configs")."""
+
+    merge_method: str
+    base_model: str | None = None
+    models: list[ModelEntry] = Field(min_length=1)
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    dtype: DTypeName | None = None
+    components: dict[str, Literal["keep_base"] | ComponentMethod] = Field(default_factory=dict)
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    layout: str | None = None
+    layout_rules: list[LayoutRuleConfig] = Field(default_factory=list)
+    seed: int = 0
+    verify_keep_base: bool = True
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regexes_compile(cls, v: list[str]) -> list[str]:
+        return [_check_regex(p) for p in v]
+
+    @field_validator("components")
+    @classmethod
+    def _known_components(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from uqmerge.checkpoint.layouts import COMPONENTS, ROLES
+
+        allowed = {*COMPONENTS, *(f"language_model.{r}" for r in ROLES)}
+        unknown = sorted(set(v) - allowed)
+        if unknown:
+            raise ValueError(f"unknown component(s) {unknown}; allowed: {sorted(allowed)}")
+        return v
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: the key path and what is wrong."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid config\n" + "\n".join(lines)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping; a ConfigError names the file on failure."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{p}: cannot read YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a YAML mapping at the top level")
+    return data
+
+
+def parse_merge_config(data: dict[str, Any], *, source: str = "config") -> MergeConfig:
+    """Validate a merge config mapping (structure here; methods and parameters in the plan)."""
+    try:
+        return MergeConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_merge_config(path: str | Path) -> MergeConfig:
+    """Load and validate a merge YAML file."""
+    return parse_merge_config(read_yaml(path), source=str(path))

@@ -1,0 +1,178 @@
+"""The merge plan: for every base tensor, its component, the method (or keep-base) and output dtype.
+
+Everything here works from ``config.json`` files and safetensors headers, so configuration, architecture,
+coverage and shape problems are reported before a single weight is read or written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from uqmerge.checkpoint.layouts import Classification, Layout, Rule, detect_layout, get_layout
+from uqmerge.checkpoint.reader import CheckpointReader
+from uqmerge.checkpoint.writer import TensorSpec
+from uqmerge.config import MergeConfig
+from uqmerge.engine.params import ResolvedMethod, resolve_config_methods
+from uqmerge.errors import ConfigError, LayoutError, PlanError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class TensorTask:
+    """One output tensor: where it belongs, how it is produced (``action`` None = copy from base)."""
+
+    name: str
+    classification: Classification
+    shape: tuple[int, ...]
+    out_dtype: torch.dtype
+    action: ResolvedMethod | None
+
+
+@dataclass
+class MergePlan:
+    """All tensor tasks in base on-disk order, with the readers they need."""
+
+    config: MergeConfig
+    base: CheckpointReader
+    models: list[CheckpointReader]
+    layout: Layout
+    tasks: list[TensorTask]
+    methods: dict[str, ResolvedMethod | None]
+    out_dtype: torch.dtype
+
+    def output_specs(self) -> list[TensorSpec]:
+        """(name, dtype, shape) of every output tensor, for the writer's layout."""
+        return [(t.name, t.out_dtype, t.shape) for t in self.tasks]
+
+    def input_bytes(self) -> int:
+        """Bytes of tensor data the executor reads (base + every model tensor it touches)."""
+        total = 0
+        for t in self.tasks:
+            if t.action is None or t.action.method.requires_base:
+                total += self.base.info(t.name).nbytes
+            if t.action is not None or (self.config.verify_keep_base and t.out_dtype.is_floating_point):
+                total += sum(m.info(t.name).nbytes for m in self.models)
+        return total
+
+    def counts(self) -> dict[str, int]:
+        """Number of tensors per method name (``keep_base`` for copies)."""
+        out: dict[str, int] = {}
+        for t in self.tasks:
+            key = t.action.method.name if t.action else "keep_base"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+
+def _architecture(reader: CheckpointReader) -> tuple[str | None, tuple[str, ...]]:
+    cfg = reader.config
+    return cfg.get("model_type"), tuple(cfg.get("architectures") or ())
+
+
+def check_same_architecture(base: CheckpointReader, models: list[CheckpointReader]) -> None:
+    """Every input must have the base's ``model_type`` and ``architectures``."""
+    want = _architecture(base)
+    for m in models:
+        got = _architecture(m)
+        if got != want:
+            raise LayoutError(
+                f"{m.path}: architecture {got[0]!r} {list(got[1])} differs from the base {base.path} "
+                f"({want[0]!r} {list(want[1])}); all models must be fine-tunes of the same base architecture"
+            )
+
+
+def check_coverage(base: CheckpointReader, models: list[CheckpointReader]) -> None:
+    """Each model holds exactly the base's tensor set, with equal shapes; else a PlanError naming them."""
+    base_names = set(base.names)
+    for m in models:
+        names = set(m.names)
+        missing = sorted(base_names - names)
+        extra = sorted(names - base_names)
+        if missing:
+            raise PlanError(
+                f"{m.path}: missing {len(missing)} tensor(s) that the base has, e.g. {missing[:5]}"
+            )
+        if extra:
+            raise PlanError(
+                f"{m.path}: has {len(extra)} tensor(s) the base {base.path} lacks, e.g. {extra[:5]}; they would be "
+                "dropped from the output. Use a base with the same tensors."
+            )
+        bad = [n for n in base.names if m.info(n).shape != base.info(n).shape]
+        if bad:
+            n = bad[0]
+            raise PlanError(
+                f"{m.path}: shape mismatch for {len(bad)} tensor(s), e.g. {n!r}: {list(m.info(n).shape)} vs "
+                f"base {list(base.info(n).shape)}"
+            )
+
+
+def base_dtype(base: CheckpointReader) -> torch.dtype:
+    """The base's storage dtype: from config.json when given, else the most common floating tensor dtype."""
+    name = base.config.get("dtype") or base.config.get("torch_dtype")
+    if isinstance(name, str) and name in DTYPES:
+        return DTYPES[name]
+    counts: dict[torch.dtype, int] = {}
+    for info in base.tensors.values():
+        if info.dtype.is_floating_point:
+            counts[info.dtype] = counts.get(info.dtype, 0) + info.numel
+    return max(counts, key=lambda d: counts[d]) if counts else torch.float32
+
+
+def _layout_for(config: MergeConfig, base: CheckpointReader) -> Layout:
+    layout = get_layout(config.layout) if config.layout else detect_layout(base.config, source=str(base.path))
+    extra = [Rule(r.pattern, r.component, r.role) for r in config.layout_rules]
+    return layout.with_extra_rules(extra) if extra else layout
+
+
+def _action_for(
+    name: str, cls: Classification, config: MergeConfig, methods: dict[str, ResolvedMethod | None]
+) -> ResolvedMethod | None:
+    if config.include and not any(re.search(p, name) for p in config.include):
+        return None
+    if any(re.search(p, name) for p in config.exclude):
+        return None
+    for key in (cls.key, cls.component):
+        if key in methods:
+            return methods[key]
+    if cls.component == "vision_tower":
+        return None
+    return methods["*"]
+
+
+def build_plan(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
+    """Validate the config against the checkpoints' headers and plan every output tensor."""
+    methods = resolve_config_methods(config)
+    needs_base = any(r is not None and r.method.requires_base for r in methods.values())
+    if needs_base and config.base_model is None:
+        used = sorted({r.method.name for r in methods.values() if r is not None and r.method.requires_base})
+        raise ConfigError(f"method(s) {used} need `base_model:` (task vectors are differences from the base)")
+    models = [CheckpointReader(_path(m.model), allow_pickle=allow_pickle) for m in config.models]
+    base = (
+        CheckpointReader(_path(config.base_model), allow_pickle=allow_pickle)
+        if config.base_model
+        else models[0]
+    )
+    check_same_architecture(base, models)
+    layout = _layout_for(config, base)
+    classes = layout.classify_all(base.names)
+    check_coverage(base, models)
+    out_dtype = DTYPES[config.dtype] if config.dtype else base_dtype(base)
+    tasks = []
+    for name in base.names:
+        info = base.info(name)
+        floating = info.dtype.is_floating_point
+        action = _action_for(name, classes[name], config, methods) if floating else None
+        tasks.append(
+            TensorTask(name, classes[name], info.shape, out_dtype if floating else info.dtype, action)
+        )
+    return MergePlan(config, base, models, layout, tasks, methods, out_dtype)
+
+
+def _path(p: str | None) -> Path:
+    if p is None:
+        raise ConfigError("missing model path")
+    return Path(p).expanduser()

@@ -1,0 +1,57 @@
+"""The resolved recipe and the model card written next to every merged checkpoint."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from uqmerge import __version__
+
+if TYPE_CHECKING:
+    from uqmerge.engine.plan import MergePlan
+
+
+def resolved_recipe(plan: MergePlan) -> dict[str, Any]:
+    """The config as resolved: absolute paths, dtype, layout, and every method's parameters."""
+    cfg = plan.config.model_dump(mode="json", exclude_defaults=False)
+    cfg["base_model"] = str(plan.base.path.resolve())
+    for entry, reader in zip(cfg["models"], plan.models, strict=True):
+        entry["model"] = str(reader.path.resolve())
+    cfg["dtype"] = str(plan.out_dtype).removeprefix("torch.")
+    cfg["layout"] = plan.layout.name
+    cfg["resolved_methods"] = {
+        key: (r.describe() if r is not None else "keep_base") for key, r in plan.methods.items()
+    }
+    cfg["tensor_counts"] = plan.counts()
+    cfg["uqmerge_version"] = __version__
+    return cfg
+
+
+def merge_model_card(plan: MergePlan, recipe: dict[str, Any]) -> str:
+    """A Hugging Face model card (markdown with YAML front matter) describing the merge."""
+    methods = {r.method.name: r.method for r in plan.methods.values() if r is not None}
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [merge, uqmerge]",
+        f"base_model: {plan.base.path.name}",
+        "---",
+        f"# Merged model ({', '.join(sorted(methods))})",
+        "",
+        f"Made with uqmerge {__version__} from the base `{plan.base.path}` and {len(plan.models)} model(s):",
+        "",
+        *[f"- `{r.path}`" for r in plan.models],
+        "",
+        "## Methods",
+        "",
+        *[f"- **{m.name}**: {m.summary} — {m.paper} ({m.url})" for m in methods.values()],
+        "",
+        "## Tensors",
+        "",
+        "| component / method | tensors |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in sorted(plan.counts().items())],
+        "",
+        f"Layout: `{plan.layout.name}`; output dtype `{recipe['dtype']}`. The exact recipe is in `uqmerge_config.yml`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random LLaVA-hf and Qwen2-VL checkpoints with fake fine-tunes, built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _family(root: Path, builder, n_experts: int = 3) -> dict[str, Path]:
+    from uqmerge.checkpoint.synthetic import make_fake_finetune
+
+    base = builder(root / "base", seed=0, hidden=32, layers=1)
+    out = {"base": base}
+    for i in range(n_experts):
+        out[f"expert{i}"] = make_fake_finetune(base, root / f"expert{i}", seed=100 + i, scale=0.05)
+    return out
+
+
+@pytest.fixture(scope="session")
+def llava_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny LLaVA-hf base and three fine-tune-like experts (vision tower untouched)."""
+    from uqmerge.tiny import build_tiny_llava
+
+    return _family(tmp_path_factory.mktemp("llava"), build_tiny_llava)
+
+
+@pytest.fixture(scope="session")
+def qwen2vl_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Qwen2-VL base and three fine-tune-like experts."""
+    from uqmerge.tiny import build_tiny_qwen2vl
+
+    return _family(tmp_path_factory.mktemp("qwen2vl"), build_tiny_qwen2vl)
