@@ -1,1 +1,39 @@
 """UQ-Merge model selection (Algorithm 1) and its guidance ablations."""
+
+from uqmerge.selection.algorithm import (
+    ORDERS,
+    STOP_RULES,
+    SelectionError,
+    SelectionResult,
+    Step,
+    select_by_score,
+)
+from uqmerge.selection.guidance import (
+    GUIDANCES,
+    random_subset,
+    random_subsets,
+    select_all,
+    select_by_accuracy,
+    select_by_cp_set_size,
+    select_by_random_order,
+    select_by_uncertainty,
+    stable_unit,
+)
+
+__all__ = [
+    "GUIDANCES",
+    "ORDERS",
+    "STOP_RULES",
+    "SelectionError",
+    "SelectionResult",
+    "Step",
+    "random_subset",
+    "random_subsets",
+    "select_all",
+    "select_by_accuracy",
+    "select_by_cp_set_size",
+    "select_by_random_order",
+    "select_by_score",
+    "select_by_uncertainty",
+    "stable_unit",
+]
