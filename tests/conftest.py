@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Keep the UQ cache of the test session out of the user's home (and fresh for every session).
+os.environ["UQMERGE_CACHE"] = tempfile.mkdtemp(prefix="uqmerge-test-cache-")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -62,6 +64,21 @@ def fail(error: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
+def reporting_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a command function so UQMergeError becomes a one-line message and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> None:
+        if not logging.getLogger().handlers:
+            setup_logging(verbose=False, quiet=bool(kwargs.get("quiet", False)))
+        try:
+            command(*args, **kwargs)
+        except UQMergeError as e:
+            raise fail(e) from None
+
+    return wrapper
+
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; warnings and errors only.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[str, typer.Option(help="Compute device: cpu, cuda or auto (CUDA when available).")]
@@ -69,12 +86,8 @@ Device = Annotated[str, typer.Option(help="Compute device: cpu, cuda or auto (CU
 
 @app.command()
 def merge(
-    config: Annotated[
-        Path, typer.Argument(help="Merge recipe (YAML, mergekit-like).", exists=True, dir_okay=False)
-    ],
-    out_dir: Annotated[
-        Path, typer.Argument(help="Output directory (must be empty or absent unless --force).")
-    ],
+    config: Annotated[Path, typer.Argument(help="Merge recipe (YAML, mergekit-like).", exists=True, dir_okay=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Output directory (must be empty or absent unless --force).")],
     max_shard_size: Annotated[
         str, typer.Option(help="Largest output shard, in bytes (suffixes KB/MB/GB/KiB/MiB/GiB accepted).")
     ] = "5000000000",
@@ -83,9 +96,7 @@ def merge(
     allow_pickle: Annotated[
         bool, typer.Option(help="Allow .bin pickles (loaded with torch.load(weights_only=True)).")
     ] = False,
-    allow_nonfinite: Annotated[
-        bool, typer.Option(help="Merge input tensors that contain NaN or Inf.")
-    ] = False,
+    allow_nonfinite: Annotated[bool, typer.Option(help="Merge input tensors that contain NaN or Inf.")] = False,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -145,6 +156,36 @@ def demo(
     for row in rows:
         table.add_row(*[str(x) for x in row])
     Console().print(table)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML): base, candidates, merge, uq, selection.")],
+    out_dir: Annotated[Path, typer.Argument(help="Run directory (record, report, UQ results, final model).")],
+    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last completed step.")] = False,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """UQ-Merge (Algorithm 1): score candidates, merge incrementally in memory, stop when UQ stops falling."""
+    from uqmerge.pipeline.config import load_run_config
+    from uqmerge.pipeline.runner import run_uq_merge
+
+    setup_logging(verbose, quiet)
+    try:
+        record = run_uq_merge(load_run_config(config), out_dir, resume=resume, quiet=quiet, on_stage=log.info)
+    except UQMergeError as e:
+        raise fail(e) from None
+    if not quiet:
+        err_console.print(f"selected {record['selected']}; report: {out_dir / 'report.md'}")
+
+
+def _register_subcommands() -> None:
+    from uqmerge.uq.command import uq_command
+
+    app.command("uq")(reporting_errors(uq_command))
+
+
+_register_subcommands()
 
 
 def main() -> None:

@@ -49,10 +49,18 @@ class Layout:
     description: str
     rules: tuple[Rule, ...]
     role_rules: tuple[Rule, ...]
+    module_names: tuple[tuple[str, str], ...] = ()
 
     def with_extra_rules(self, extra: Sequence[Rule]) -> Layout:
         """A copy whose user rules take precedence over the built-in ones."""
-        return Layout(self.name, self.description, (*extra, *self.rules), self.role_rules)
+        return Layout(self.name, self.description, (*extra, *self.rules), self.role_rules, self.module_names)
+
+    def module_name(self, key: str) -> str:
+        """The transformers-5 in-memory parameter name of on-disk key ``key`` (first matching rename)."""
+        for pattern, replacement in self.module_names:
+            if re.search(pattern, key):
+                return re.sub(pattern, replacement, key, count=1)
+        return key
 
     def classify(self, name: str) -> Classification | None:
         """The component (and LM role) of tensor ``name``, or None if no rule matches."""
@@ -105,9 +113,9 @@ def get_layout(name: str) -> Layout:
         raw = data["layouts"][name]
     except KeyError:
         raise LayoutError(f"unknown layout {name!r}; known: {', '.join(layout_names())}") from None
-    return Layout(
-        name, raw["description"], _rules(raw["rules"]), _rules(data["language_model_roles"], "language_model")
-    )
+    renames = tuple((r["pattern"], r["replace"]) for r in raw.get("module_names", []))
+    roles = _rules(data["language_model_roles"], "language_model")
+    return Layout(name, raw["description"], _rules(raw["rules"]), roles, renames)
 
 
 def detect_layout(config: Mapping[str, Any], *, source: str = "config.json") -> Layout:

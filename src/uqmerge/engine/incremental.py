@@ -1,0 +1,136 @@
+"""Incremental merging into one resident model: running mean for linear, re-merge of the prefix otherwise."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from uqmerge.checkpoint.reader import CheckpointReader
+from uqmerge.config import MergeConfig, parse_merge_config
+from uqmerge.engine.executor import execute_plan
+from uqmerge.engine.model_sink import ModelSink
+from uqmerge.engine.plan import MergePlan, build_plan
+from uqmerge.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def prefix_config(merge: Mapping[str, Any], base_model: str, models: Sequence[str]) -> MergeConfig:
+    """The merge config of a candidate prefix: ``merge`` settings with these ``models`` and the base."""
+    per_model = merge.get("model_parameters", {})
+    data = {k: v for k, v in merge.items() if k != "model_parameters"}
+    data["base_model"] = base_model
+    data["models"] = [{"model": m, "parameters": per_model.get(m, {})} for m in models]
+    return parse_merge_config(data, source="run config merge:")
+
+
+class IncrementalMerger:
+    """Keeps one model in memory and sets it to Merge(prefix) for successive candidate prefixes.
+
+    For ``linear`` a prefix that extends the previous one by a candidate updates a weighted running mean
+    θ_t = θ_{t−1} + (w_t / W_t)(θ_new − θ_{t−1}), W_t = Σ_{i≤t} w_i, reading only the new candidate's
+    tensors; an fp32 accumulator is kept unless ``low_memory`` (then the parameters themselves
+    accumulate, in their dtype). Any other method, or a prefix that is not such an extension, re-merges
+    the whole prefix into the model through the streaming executor. Nothing is written to disk.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        base_model: str | Path,
+        candidates: Mapping[str, str | Path],
+        merge: Mapping[str, Any],
+        *,
+        device: str = "cpu",
+        low_memory: bool = False,
+        allow_nonfinite: bool = False,
+    ) -> None:
+        self.model = model
+        self.base_model = str(base_model)
+        self.candidates = {k: str(v) for k, v in candidates.items()}
+        self.merge = dict(merge)
+        self.device = device
+        self.low_memory = low_memory
+        self.allow_nonfinite = allow_nonfinite
+        self.prefix: list[str] = []
+        self._acc: dict[str, torch.Tensor] = {}
+        self._weight_total = 0.0
+        self._sink: ModelSink | None = None
+        self.bytes_read = 0
+
+    def _plan(self, prefix: Sequence[str]) -> MergePlan:
+        return build_plan(prefix_config(self.merge, self.base_model, [self.candidates[c] for c in prefix]))
+
+    def _sink_for(self, plan: MergePlan) -> ModelSink:
+        if self._sink is None:
+            self._sink = ModelSink(self.model, plan.layout, [t.name for t in plan.tasks])
+        return self._sink
+
+    def set_prefix(self, prefix: Sequence[str]) -> None:
+        """Make the resident model equal Merge(prefix)."""
+        prefix = list(prefix)
+        unknown = [c for c in prefix if c not in self.candidates]
+        if unknown:
+            raise KeyError(f"unknown candidate id(s) {unknown}")
+        plan = self._plan(prefix)
+        linear = plan.methods["*"] is not None and plan.methods["*"].method.name == "linear"
+        if linear and prefix[:-1] == self.prefix and self._only_linear_or_keep(plan):
+            self._running_mean_step(plan, prefix[-1])
+        else:
+            sink = self._sink_for(plan)
+            report = execute_plan(plan, sink, device=self.device, allow_nonfinite=self.allow_nonfinite, quiet=True)
+            self.bytes_read += report.bytes_read
+            self._acc.clear()
+            self._weight_total = 0.0
+            if linear and self._only_linear_or_keep(plan):
+                self._seed_accumulator(plan)
+        self.prefix = prefix
+
+    @staticmethod
+    def _only_linear_or_keep(plan: MergePlan) -> bool:
+        return all(t.action is None or t.action.method.name == "linear" for t in plan.tasks)
+
+    def _seed_accumulator(self, plan: MergePlan) -> None:
+        """After a full re-merge, start the running mean from the model's current values."""
+        sink = self._sink_for(plan)
+        weights = plan.methods["*"].per_model["weight"] if plan.methods["*"] else ()
+        self._weight_total = float(sum(weights))
+        if not self.low_memory:
+            for task in plan.tasks:
+                if task.action is not None:
+                    self._acc[task.name] = sink.targets[task.name].detach().float().clone()
+
+    def _running_mean_step(self, plan: MergePlan, new_id: str) -> None:
+        sink = self._sink_for(plan)
+        weights = plan.methods["*"].per_model["weight"]
+        w_new = float(weights[-1])
+        total = self._weight_total + w_new
+        if total == 0:
+            raise CheckpointError("running mean: the weights of the prefix sum to zero")
+        reader = CheckpointReader(self.candidates[new_id])
+        ratio = w_new / total
+        for task in plan.tasks:
+            if task.action is None:
+                continue
+            new = reader.read(task.name)
+            self.bytes_read += new.numel() * new.element_size()
+            new = new.float()
+            if not self.allow_nonfinite and not bool(torch.isfinite(new).all()):
+                raise CheckpointError(f"{reader.path}: tensor {task.name!r} contains NaN or Inf")
+            target = sink.targets[task.name]
+            if self.low_memory:
+                acc = target.detach().float()
+            else:
+                acc = self._acc.get(task.name)
+                if acc is None:
+                    acc = self._acc[task.name] = torch.zeros_like(new)
+            acc += ratio * (new - acc)
+            with torch.no_grad():
+                target.copy_(acc)
+        self._weight_total = total
+        log.debug("running mean: added %s (t=%d)", new_id, len(self.prefix) + 1)

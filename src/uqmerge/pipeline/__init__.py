@@ -1,0 +1,1 @@
+"""UQ-Merge end to end: run config, the Algorithm-1 runner with resume, and the run record."""

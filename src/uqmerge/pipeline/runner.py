@@ -1,0 +1,278 @@
+"""`uqmerge run`: Algorithm 1 with one resident model, guidance ablations, baselines, resume and a report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from uqmerge.engine.incremental import IncrementalMerger, prefix_config
+from uqmerge.engine.merge import merge_to_dir
+from uqmerge.errors import ConfigError, OutputError
+from uqmerge.pipeline.config import RunConfig
+from uqmerge.selection import (
+    SelectionResult,
+    Step,
+    random_subsets,
+    select_all,
+    select_by_accuracy,
+    select_by_cp_set_size,
+    select_by_random_order,
+    select_by_uncertainty,
+)
+from uqmerge.uq.config import UQConfig, UQMode
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+MODEL_DIR = "model"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def config_digest(config: RunConfig) -> str:
+    """A digest of everything that determines the run's numbers (resume refuses a changed config)."""
+    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class RunState:
+    """What a run has finished so far; saved after every step so ``--resume`` can continue."""
+
+    digest: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def save(self, run_dir: Path) -> None:
+        data = {"digest": self.digest, "steps": self.steps, "baselines": self.baselines}
+        _atomic_write(run_dir / STATE_FILE, json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunState | None:
+        path = run_dir / STATE_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return cls(data["digest"], data.get("steps", []), data.get("baselines", {}))
+
+
+class UQMergeRun:
+    """One run of UQ-Merge in ``run_dir`` (see :func:`run_uq_merge`)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.paths = {c.id: c.model for c in config.candidates}
+        self.uq_config: UQConfig = config.uq.uq_config()
+        self._datasets: list[Any] | None = None
+        self._merger: IncrementalMerger | None = None
+        self.state = self._prepare_dir(resume)
+        self.candidate_results: dict[str, dict[str, Any]] = {}
+
+    # ---- set-up -----------------------------------------------------------------------------------
+    def _prepare_dir(self, resume: bool) -> RunState:
+        digest = config_digest(self.config)
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            previous = RunState.load(self.run_dir)
+            if not resume:
+                raise OutputError(f"{self.run_dir}: run directory is not empty; pass --resume to continue that run")
+            if previous is None:
+                raise OutputError(f"{self.run_dir}: no {STATE_FILE} to resume from")
+            if previous.digest != digest:
+                raise ConfigError(f"{self.run_dir}: the config changed since this run started; use a new directory")
+            if (self.run_dir / MODEL_DIR).exists() and (self.run_dir / "run.json").exists():
+                log.info("run already complete in %s; rewriting the report only", self.run_dir)
+            log.info("resuming: %d completed step(s) reused", len(previous.steps))
+            return previous
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "uq").mkdir(exist_ok=True)
+        resolved = self.config.model_dump(mode="json")
+        _atomic_write(self.run_dir / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        state = RunState(digest)
+        state.save(self.run_dir)
+        return state
+
+    @property
+    def datasets(self) -> list[Any]:
+        if self._datasets is None:
+            from uqmerge.uq.data import load_uq_datasets
+
+            cfg = self.uq_config
+            self._datasets = load_uq_datasets(
+                self.config.uq.data, seed=cfg.seed, sample_ratio=cfg.sample_ratio, real_options=cfg.real_options
+            )
+        return self._datasets
+
+    @property
+    def merger(self) -> IncrementalMerger:
+        if self._merger is None:
+            from uqmerge.uq.api import load_model, resolve_device
+
+            device = resolve_device(self.config.device)
+            model, self.processor = load_model(self.config.base_model, device=device, dtype=_float32())
+            self._merger = IncrementalMerger(
+                model,
+                self.config.base_model,
+                self.paths,
+                self.config.merge_mapping(),
+                device=self.config.device,
+                low_memory=self.config.low_memory,
+            )
+        return self._merger
+
+    # ---- scores -----------------------------------------------------------------------------------
+    def candidate_uq(self, cid: str, config: UQConfig | None = None) -> dict[str, Any]:
+        """UQ of one candidate from disk (cached by weight fingerprint); saved under ``uq/<id>.json``."""
+        from uqmerge.uq.api import run_uq
+
+        config = config or self.uq_config
+        result = run_uq(
+            self.paths[cid], self.datasets, config, device=self.config.uq.device, dtype=self.config.uq.dtype
+        )
+        hit = " (cache hit)" if result.cache_hit else ""
+        log.info("candidate %s: %s %.6f%s", cid, result.measure, result.score, hit)
+        suffix = "" if config == self.uq_config else f".{config.mode.value}"
+        _atomic_write(self.run_dir / "uq" / f"{cid}{suffix}.json", result.to_json())
+        record = {"score": result.score, "accuracy": result.accuracy, "measure": result.measure, "cache_hit": hit != ""}
+        self.candidate_results.setdefault(cid, {}).update({config.mode.value: record})
+        return record
+
+    def model_uncertainty(self, cid: str) -> float:
+        return float(self.candidate_uq(cid)["score"])
+
+    def model_accuracy(self, cid: str) -> float:
+        record = self.candidate_uq(cid, self.uq_config.model_copy(update={"mode": UQMode.NONE}))
+        if record["accuracy"] is None:
+            raise ConfigError("selection.guidance accuracy needs labeled UQ data (an `answer` per item)")
+        return float(record["accuracy"])
+
+    def merged_uncertainty(self, prefix: list[str]) -> float:
+        """Set the resident model to Merge(prefix) and measure its UQ (no checkpoint is written)."""
+        from uqmerge.uq.api import uncertainty_of_loaded_model
+
+        start = time.perf_counter()
+        self.merger.set_prefix(prefix)
+        merged_at = time.perf_counter()
+        result = uncertainty_of_loaded_model(
+            self.merger.model, self.processor, self.datasets, self.uq_config, model_name="+".join(prefix)
+        )
+        self._last_timing = {"merge_s": merged_at - start, "uq_s": time.perf_counter() - merged_at}
+        self._last_accuracy = result.accuracy
+        log.info("merged %s: %s %.6f", "+".join(prefix), result.measure, result.score)
+        return float(result.score)
+
+    # ---- selection --------------------------------------------------------------------------------
+    def _on_step(self, step: Step) -> None:
+        record = {"prefix": list(step.prefix), "value": step.value}
+        if len(step.prefix) > 1:
+            record.update(self._last_timing, accuracy=self._last_accuracy)
+        self.state.steps.append(record)
+        self.state.save(self.run_dir)
+
+    def select(self) -> SelectionResult:
+        s = self.config.selection
+        ids = [c.id for c in self.config.candidates]
+        known = [{"prefix": r["prefix"], "value": r["value"]} for r in self.state.steps]
+        common: dict[str, Any] = {"stop": s.stop, "known_steps": known, "on_step": self._on_step}
+        if s.guidance == "uncertainty":
+            return select_by_uncertainty(ids, self.model_uncertainty, self.merged_uncertainty, order=s.order, **common)
+        if s.guidance == "cp_set_size":
+            return select_by_cp_set_size(ids, self.model_uncertainty, self.merged_uncertainty, order=s.order, **common)
+        if s.guidance == "accuracy":
+            return select_by_accuracy(
+                ids,
+                self.model_accuracy,
+                self.merged_uncertainty,
+                order=s.order,
+                model_uncertainty=self.model_uncertainty,
+                **common,
+            )
+        return select_by_random_order(
+            ids, self.merged_uncertainty, seed=s.seed, model_uncertainty=self.model_uncertainty, **common
+        )
+
+    def baselines(self, selected_size: int) -> dict[str, dict[str, Any]]:
+        """Merge-all and same-size random subsets, scored with the same UQ (resumable)."""
+        b = self.config.baselines
+        ids = [c.id for c in self.config.candidates]
+        jobs: list[tuple[str, SelectionResult]] = []
+        if b.all:
+            jobs.append(("all", select_all(ids)))
+        if b.random_subset is not None:
+            k = min(b.random_subset.k or selected_size, len(ids))
+            for seed, res in zip(b.random_subset.seeds, random_subsets(ids, k, b.random_subset.seeds), strict=True):
+                jobs.append((f"random_subset_k{k}_seed{seed}", res))
+        for name, res in jobs:
+            if name in self.state.baselines:
+                continue
+            prefix = list(res.selected)
+            value = self.model_uncertainty(prefix[0]) if len(prefix) == 1 else self.merged_uncertainty(prefix)
+            self.state.baselines[name] = {"models": prefix, "uncertainty": value}
+            self.state.save(self.run_dir)
+        return self.state.baselines
+
+    def write_model(self, selected: list[str]) -> Path:
+        """Write Merge(selected) to ``run_dir/model`` with the streaming disk engine (atomic)."""
+        cfg = prefix_config(self.config.merge_mapping(), self.config.base_model, [self.paths[c] for c in selected])
+        out = self.run_dir / MODEL_DIR
+        merge_to_dir(
+            cfg, out, force=True, quiet=True, max_shard_size=self.config.max_shard_size, device=self.config.device
+        )
+        return out
+
+
+def _float32() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def run_uq_merge(
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run UQ-Merge as configured; returns the run record also saved as ``run_dir/run.json``."""
+    from uqmerge.report.run_report import write_run_report
+
+    started = time.perf_counter()
+    run = UQMergeRun(config, Path(run_dir), resume=resume, quiet=quiet)
+    stage = on_stage or (lambda _s: None)
+    stage("scoring candidates and selecting")
+    result = run.select()
+    selected = list(result.selected)
+    stage("baselines")
+    baselines = run.baselines(len(selected))
+    stage("writing the selected model")
+    model_dir = run.write_model(selected)
+    record = {
+        "config": config.model_dump(mode="json"),
+        "candidates": {c.id: {"model": c.model, **run.candidate_results.get(c.id, {})} for c in config.candidates},
+        "selection": result.to_dict(),
+        "steps": run.state.steps,
+        "selected": selected,
+        "baselines": baselines,
+        "model_dir": str(model_dir),
+        "merge_bytes_read": run._merger.bytes_read if run._merger else 0,
+        "wall_s": time.perf_counter() - started,
+    }
+    _atomic_write(Path(run_dir) / "selected.json", json.dumps(selected) + "\n")
+    _atomic_write(Path(run_dir) / "run.json", json.dumps(record, indent=2) + "\n")
+    write_run_report(record, Path(run_dir))
+    return record
