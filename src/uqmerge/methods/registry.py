@@ -5,11 +5,15 @@ from __future__ import annotations
 from uqmerge.errors import ConfigError
 from uqmerge.methods.base import MergeMethod
 from uqmerge.methods.baselines import BASELINE_METHODS
+from uqmerge.methods.optmerge import OPTMERGE_METHODS
+from uqmerge.methods.slerp import SLERP_METHODS
+from uqmerge.methods.subspace import SUBSPACE_METHODS
+from uqmerge.methods.wudi import WUDI_METHODS
 
 
 def _collect() -> dict[str, MergeMethod]:
     methods: dict[str, MergeMethod] = {}
-    for method in (*BASELINE_METHODS,):
+    for method in (*BASELINE_METHODS, *SUBSPACE_METHODS, *WUDI_METHODS, *OPTMERGE_METHODS, *SLERP_METHODS):
         if method.name in methods:
             raise RuntimeError(f"merge method {method.name!r} registered twice")
         methods[method.name] = method
@@ -29,6 +33,4 @@ def get_method(name: str) -> MergeMethod:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown merge method {name!r}; known methods: {', '.join(method_names())}"
-        ) from None
+        raise ConfigError(f"unknown merge method {name!r}; known methods: {', '.join(method_names())}") from None
