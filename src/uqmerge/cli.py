@@ -180,9 +180,11 @@ def run(
 
 
 def _register_subcommands() -> None:
+    from uqmerge.evaluate.model_eval import eval_command
     from uqmerge.uq.command import uq_command
 
     app.command("uq")(reporting_errors(uq_command))
+    app.command("eval")(reporting_errors(eval_command))
 
 
 _register_subcommands()

@@ -1,0 +1,129 @@
+"""UQ throughput: item-passes (items × J) per second, batched vs a batch-1 loop, on a tiny LLaVA.
+
+Both variants run in the same process on the same model and data through
+``uncertainty_of_loaded_model``; the only difference is ``batch_size``. Each is timed ``--repeats``
+times, interleaved, and the best time is reported (robust to other load on a shared machine). A "prep only" row times
+the per-pass input work (image decode, AugMix, system message, chat template) without any forward
+pass: it bounds the speed-up that batching the forward pass can give in the perturbed modes.
+
+    .venv/bin/python benchmarks/uq_bench.py --items 64 --batch-size 32 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _write_items(root: Path, n: int) -> Path:
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+    names = list(colours)
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        colour = names[i % 4]
+        Image.new("RGB", (24 + i % 17, 32 + i % 5), colours[colour]).save(root / "img" / f"{i}.png")
+        options = [colour, *[c for c in names if c != colour][: 1 + i % 3]]
+        question = "What colour is the image?" if i % 2 else "Which colour fills the picture in the middle?"
+        rows.append({"id": f"q{i}", "image": f"img/{i}.png", "question": question, "options": options})
+    path = root / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _prep_only(processor, datasets, config) -> float:
+    from uqmerge.uq.api import item_requests
+    from uqmerge.uq.prompts import resolve_option_token_ids
+
+    letter_ids = resolve_option_token_ids(processor, 6)
+    start = time.perf_counter()
+    for d in datasets:
+        for item in d.items:
+            for _ in item_requests(item, item.image.load(), d.name, config, processor, letter_ids):
+                pass
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--perturbations", "-J", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--modes", default="none,model,vl")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions; the best is reported")
+    args = parser.parse_args()
+
+    from uqmerge.tiny import build_tiny_llava
+    from uqmerge.uq.api import load_model, resolve_device, uncertainty_of_loaded_model
+    from uqmerge.uq.config import UQConfig
+    from uqmerge.uq.data import load_uq_datasets
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_dir = build_tiny_llava(root / "llava", seed=0, hidden=args.hidden, layers=args.layers)
+        datasets = load_uq_datasets([str(_write_items(root / "data", args.items))])
+        model, processor = load_model(model_dir, device=device, dtype=torch.float32)
+        n_params = sum(p.numel() for p in model.parameters())
+        print(
+            f"tiny LLaVA {n_params} params, {args.items} items, J={args.perturbations}, "
+            f"device {device}, torch threads {args.threads}"
+        )
+        header = (
+            f"{'mode':<6} {'variant':<14} {'item-passes':>11} {'seconds':>8} {'passes/s':>9} {'speed-up':>8} "
+            f"{'peak RSS MiB':>12}"
+        )
+        print(header)
+        print("-" * len(header))
+        for mode in args.modes.split(","):
+            base = UQConfig(mode=mode, perturbations=args.perturbations)
+            passes = args.items * base.passes
+            uncertainty_of_loaded_model(model, processor, datasets, base.model_copy(update={"batch_size": 4}))
+            variants = (("batch-1 loop", 1), (f"batched B={args.batch_size}", args.batch_size))
+            timings = {label: float("inf") for label, _ in variants}
+            results = {}
+            for _ in range(args.repeats):  # interleaved, best of N: the machine may be shared
+                for label, batch in variants:
+                    config = base.model_copy(update={"batch_size": batch})
+                    start = time.perf_counter()
+                    results[label] = uncertainty_of_loaded_model(model, processor, datasets, config)
+                    timings[label] = min(timings[label], time.perf_counter() - start)
+            for label, _ in variants:
+                speedup = timings["batch-1 loop"] / timings[label]
+                print(
+                    f"{mode:<6} {label:<14} {passes:>11} {timings[label]:>8.2f} {passes / timings[label]:>9.1f} "
+                    f"{speedup:>7.1f}x {_peak_rss_mib():>12.0f}"
+                )
+            result, reference = results[variants[1][0]], results["batch-1 loop"]
+            if mode == "none":
+                gap = max(
+                    abs(a - b)
+                    for x, y in zip(result.datasets[0].items, reference.datasets[0].items, strict=True)
+                    for a, b in zip(x.probs[0], y.probs[0], strict=True)
+                )
+                print(f"{'':<6} max |p_batched - p_batch1| = {gap:.2e}")
+            if base.mode.is_perturbed and (base.mode.perturbs_image or base.mode.perturbs_text):
+                prep = min(_prep_only(processor, datasets, base) for _ in range(args.repeats))
+                print(f"{mode:<6} {'prep only':<14} {passes:>11} {prep:>8.2f} {passes / prep:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

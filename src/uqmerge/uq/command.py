@@ -1,0 +1,122 @@
+"""The ``uqmerge uq`` command (a typer function; ``cli.py`` registers it)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from uqmerge.errors import ConfigError
+from uqmerge.uq.config import UQConfig, UQMode
+from uqmerge.uq.results import UQResult
+
+logger = logging.getLogger(__name__)
+
+DATA_HELP = (
+    "UQ data, repeatable: a JSONL file (one item a line: id, image path relative to the file, question, "
+    "options, optional hint and answer as option text or letter), or ADAPTER:SOURCE[@CONFIG][:SPLIT] "
+    "with ADAPTER one of mmbench, scienceqa, seedbench, ai2d, oodcv and SOURCE a local file/directory "
+    "or a hub id (e.g. mmbench:lmms-lab/MMBench@en:dev)."
+)
+
+
+def summary_table(result: UQResult) -> Table:
+    """One row per dataset and a model row: uncertainty, accuracy, items scored and skipped."""
+    measure = "MI (nats)" if result.measure == "mutual_information" else "CP set size"
+    table = Table(
+        "dataset", measure, "accuracy", "scored", "skipped", title=f"UQ of {result.model} ({result.config.mode})"
+    )
+    for d in result.datasets:
+        acc = "-" if d.accuracy is None else f"{d.accuracy:.4f}"
+        table.add_row(d.name, f"{d.uncertainty:.6g}", acc, str(d.n_scored), str(d.n_skipped))
+    acc = "-" if result.accuracy is None else f"{result.accuracy:.4f}"
+    table.add_row("[bold]model score[/]", f"[bold]{result.score:.6g}[/]", acc, "", "")
+    return table
+
+
+def write_result(result: UQResult, out: Path) -> None:
+    """Write the result JSON to ``out`` (parents created)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(result.to_json() + "\n", encoding="utf-8")
+
+
+def uq_command(
+    model_dir: Annotated[
+        Path, typer.Argument(help="Hugging Face model directory (model + processor with chat template).")
+    ],
+    data: Annotated[list[str], typer.Option("--data", "-d", help=DATA_HELP)],
+    mode: Annotated[
+        UQMode,
+        typer.Option(
+            help="vl: image+text+model perturbations (default); input: image+text; image; text; model; "
+            "none (one unperturbed pass, MI = 0); cp: conformal prediction with labels (mean set size)."
+        ),
+    ] = UQMode.VL,
+    perturbations: Annotated[
+        int, typer.Option("--perturbations", "-J", min=1, max=64, help="Perturbed passes per item (J).")
+    ] = 4,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of sampling, padding, perturbations, CP split.")] = 0,
+    sample_ratio: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of each dataset to use (seeded).")
+    ] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto (CUDA when available).")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (float32 on CPU, the checkpoint's dtype on CUDA), float32, bfloat16, float16.")
+    ] = "auto",
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="MC-dropout p on LM attention probabilities (modes vl, model).")
+    ] = 0.1,
+    alpha: Annotated[float, typer.Option(help="Conformal error rate (mode cp).")] = 0.1,
+    calibration_ratio: Annotated[float, typer.Option(help="Calibration share of each dataset (mode cp).")] = 0.5,
+    out: Annotated[Path | None, typer.Option(help="Write the result JSON here (default: stdout).")] = None,
+    save_probs: Annotated[
+        bool, typer.Option("--save-probs", help="Include each item's J option-probability vectors.")
+    ] = False,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="UQ cache directory (default $UQMERGE_CACHE or ~/.cache/uqmerge/uq).")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the UQ cache.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
+) -> None:
+    """Label-free vision-language uncertainty of MODEL_DIR on multiple-choice data (UQ-Merge, Eq. 1)."""
+    # Bad input raises UQMergeError (DataError, ConfigError); cli.py reports it without a traceback.
+    from uqmerge.uq.api import run_uq
+
+    try:
+        config = UQConfig(
+            mode=mode,
+            perturbations=perturbations,
+            seed=seed,
+            sample_ratio=sample_ratio,
+            batch_size=batch_size,
+            dropout=dropout,
+            alpha=alpha,
+            calibration_ratio=calibration_ratio,
+            save_probs=save_probs,
+        )
+    except ValidationError as e:
+        problems = "; ".join(f"--{'-'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid uq options: {problems}") from None
+    result = run_uq(
+        model_dir,
+        data,
+        config,
+        device=device,
+        dtype=dtype,
+        cache_dir=cache_dir,
+        use_cache=not no_cache,
+        progress=not quiet,
+    )
+    if out is None:
+        typer.echo(result.to_json())
+    else:
+        write_result(result, out)
+        logger.info("wrote %s", out)
+    if not quiet:
+        Console(stderr=True).print(summary_table(result))
