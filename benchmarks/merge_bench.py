@@ -7,7 +7,8 @@ in its own process so peak RSS is per run:
   * ``in_memory_ties``: the research-code approach to TIES — load whole state dicts, flatten every task vector
     into one vector, trim with a global k-th value, elect, disjoint-merge, save (``--in-memory-baseline``).
 Files are freshly written, so reads usually come from the page cache: the figures measure compute and memory
-traffic more than disk speed. Example:
+traffic more than disk speed. ``GB read`` counts every byte read, including statistics passes that re-read the
+rows of tensors too large to keep (TIES, Breadcrumbs, Model Stock; see ``uqmerge.engine.executor``). Example:
     .venv/bin/python benchmarks/merge_bench.py --params 540e6 --experts 4 --methods linear ties
 """
 
@@ -87,17 +88,21 @@ def child_read(base: str, experts: list[str]) -> dict:
     for path in [base, *experts]:
         reader = CheckpointReader(path)
         for name in reader.names:
-            total += reader.read(name).numel()
-    return {"elements": total}
+            tensor = reader.read(name)
+            total += tensor.numel() * tensor.element_size()
+    return {"bytes_read": total}
 
 
-def child_merge(base: str, experts: list[str], method: str, out: str, params: dict) -> dict:
+def child_merge(
+    base: str, experts: list[str], method: str, out: str, params: dict, max_block_bytes: int | None
+) -> dict:
     from uqmerge.config import parse_merge_config
     from uqmerge.engine.merge import merge_to_dir
 
     cfg = {"merge_method": method, "base_model": base, "models": [{"model": e} for e in experts], "parameters": params}
-    report = merge_to_dir(parse_merge_config(cfg), out, force=True, quiet=True)
-    return {"bytes_read": report.bytes_read}
+    options = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}
+    report = merge_to_dir(parse_merge_config(cfg), out, force=True, quiet=True, **options)
+    return {"bytes_read": report.bytes_read, "bytes_reread": report.bytes_reread, "blocked": report.blocked_tensors}
 
 
 def child_in_memory_ties(base: str, experts: list[str], out: str, density: float) -> dict:
@@ -129,7 +134,38 @@ def child_in_memory_ties(base: str, experts: list[str], out: str, density: float
         offset += numel
     Path(out).mkdir(parents=True, exist_ok=True)
     save_file(out_sd, Path(out) / "model.safetensors")
-    return {}
+    return {"bytes_read": sum(f.stat().st_size for p in [base, *experts] for f in Path(p).glob("*.safetensors"))}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS in MB.
+
+    Linux's ``ru_maxrss`` survives ``execve`` and a child started by ``subprocess`` inherits the parent's
+    high-water mark through it, so it would report at least the parent's peak; ``VmHWM`` belongs to the
+    process's own address space.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_memory_bytes_per_param(experts: int) -> int:
+    """Peak of ``child_in_memory_ties`` per parameter of one model: base in bf16 and fp32 (6 bytes), and per
+    expert its stacked task vector, magnitude, ``kthvalue``'s copy (4 + 4 + 4) and int64 indices (8), plus slack."""
+    return 10 + 20 * experts
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (a large number where it cannot be read)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
 
 
 def run_child(args: list[str]) -> dict:
@@ -154,12 +190,23 @@ def main() -> None:
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs here (default: a temp dir)")
     parser.add_argument("--in-memory-baseline", action="store_true", help="also run the whole-model TIES baseline")
+    parser.add_argument(
+        "--max-block-bytes", type=float, default=None, help="engine working-set bound per tensor (default: engine's)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads in every run")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, payload = args.child[0], json.loads(args.child[1])
+        threads = payload.pop("threads", None)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         result = {"read": child_read, "merge": child_merge, "in_memory_ties": child_in_memory_ties}[kind](**payload)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        result["peak_rss_mb"] = peak_rss_mb()
+        result["cpu_s"] = usage.ru_utime + usage.ru_stime
         print(json.dumps(result))
         return
 
@@ -177,20 +224,37 @@ def main() -> None:
         f"{input_gb:.2f} GB in all; built/reused in {time.perf_counter() - t0:.1f}s under {root}"
     )
     rows = []
-    payload = {"base": str(base), "experts": [str(e) for e in experts]}
+    payload = {"base": str(base), "experts": [str(e) for e in experts], "threads": args.threads}
     rows.append(("read (baseline)", run_child(["read", json.dumps(payload)])))
     for method in args.methods:
         params = {"density": args.density} if method in {"ties", "dare_ties", "dare_linear", "della"} else {}
         if method == "della":
             params["epsilon"] = min(0.1, args.density / 2)
+        block = None if args.max_block_bytes is None else int(args.max_block_bytes)
         job = {**payload, "method": method, "out": str(root / f"out-{method}"), "params": params}
+        job["max_block_bytes"] = block
         rows.append((method, run_child(["merge", json.dumps(job)])))
     if args.in_memory_baseline:
-        job = {**payload, "out": str(root / "out-in-memory-ties"), "density": args.density}
-        rows.append(("in_memory_ties (baseline)", run_child(["in_memory_ties", json.dumps(job)])))
-    print(f"\n{'run':28s} {'wall s':>8s} {'GB/s in':>8s} {'peak RSS MB':>12s}")
+        need = in_memory_bytes_per_param(args.experts) * n_params
+        if need > available_memory_bytes():
+            print(
+                f"skipping in_memory_ties: it needs about {need / 1e9:.0f} GB, more than the "
+                f"{available_memory_bytes() / 1e9:.0f} GB available; run it with a smaller --params and scale"
+            )
+        else:
+            job = {**payload, "out": str(root / "out-in-memory-ties"), "density": args.density}
+            rows.append(("in_memory_ties (baseline)", run_child(["in_memory_ties", json.dumps(job)])))
+    threads = args.threads or "default"
+    print(f"\nthreads: {threads}; GB read includes the re-read part (statistics passes over large tensors)")
+    header = f"{'run':28s} {'wall s':>8s} {'cpu s':>8s} {'GB/s in':>8s} {'peak RSS MB':>12s} {'GB read':>8s}"
+    print(f"{header} {'re-read':>8s} {'blocked':>8s}")
     for name, r in rows:
-        print(f"{name:28s} {r['wall_s']:8.2f} {input_gb / r['wall_s']:8.2f} {r['peak_rss_mb']:12.0f}")
+        reread = f"{r['bytes_reread'] / 1e9:.2f}" if "bytes_reread" in r else "-"
+        blocked = str(r["blocked"]) if "blocked" in r else "-"
+        print(
+            f"{name:28s} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {input_gb / r['wall_s']:8.2f} {r['peak_rss_mb']:12.0f} "
+            f"{r['bytes_read'] / 1e9:8.2f} {reread:>8s} {blocked:>8s}"
+        )
 
 
 if __name__ == "__main__":

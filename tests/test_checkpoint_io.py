@@ -217,9 +217,9 @@ def test_qwen2vl_layout_puts_the_merger_in_the_projector():
 
 
 def test_internvl_and_causal_lm_layouts_are_detected():
-    assert detect_layout({"model_type": "internvl"}).classify(
-        "model.multi_modal_projector.linear_1.weight"
-    ).key == ("projector")
+    assert detect_layout({"model_type": "internvl"}).classify("model.multi_modal_projector.linear_1.weight").key == (
+        "projector"
+    )
     lm = detect_layout({"model_type": "mistral", "architectures": ["MistralForCausalLM"]})
     assert lm.name == "causal_lm"
     assert lm.classify("model.layers.3.mlp.up_proj.weight").key == "language_model.mlp"
@@ -230,9 +230,7 @@ def test_unclassified_tensors_are_listed_and_user_rules_fix_them():
 
     layout = get_layout("llava")
     with pytest.raises(LayoutError, match=r"adapter\.extra") as e:
-        layout.classify_all(
-            ["multi_modal_projector.linear_1.weight", "adapter.extra", "language_model.weird"]
-        )
+        layout.classify_all(["multi_modal_projector.linear_1.weight", "adapter.extra", "language_model.weird"])
     assert "2 tensors match no rule" in str(e.value)
     fixed = layout.with_extra_rules(
         [Rule(r"^adapter\.", "projector"), Rule(r"^language_model\.weird$", "language_model", "mlp")]

@@ -109,9 +109,7 @@ def test_task_arithmetic_equals_base_plus_scaled_task_vectors(llava_family, llav
     _check_against(out, llava_states, llava_family, lambda b, xs: _ref_task_arithmetic(b, xs, 0.5))
 
 
-def test_ties_without_trimming_equals_entrywise_sign_elected_disjoint_mean(
-    llava_family, llava_states, tmp_path
-):
+def test_ties_without_trimming_equals_entrywise_sign_elected_disjoint_mean(llava_family, llava_states, tmp_path):
     out = _merge(_config(llava_family, "ties", parameters={"density": 1.0, "lambda": 1.0}), tmp_path / "out")
     _check_against(out, llava_states, llava_family, lambda b, xs: _ref_ties_no_trim(b, xs, 1.0), atol=1e-5)
 
@@ -134,17 +132,17 @@ def test_model_stock_equals_the_cosine_interpolation(llava_family, llava_states,
 def test_engine_routes_each_tensor_through_the_method_with_per_tensor_seeds(
     llava_family, llava_states, tmp_path, method, params
 ):
-    """The engine's output equals the method applied to that tensor alone, seeded by (seed, name)."""
+    """The engine's output equals the method applied to that tensor alone, model i seeded by (seed, name, i)."""
     out = _merge(_config(llava_family, method, parameters=params, seed=7), tmp_path / "out")
     m = get_method(method)
     n = 3
 
     def ref_for(name):
         def ref(base, xs):
-            gen = torch.Generator().manual_seed(tensor_seed(7, name)) if m.randomized else None
+            gens = [torch.Generator().manual_seed(tensor_seed(7, name, i)) for i in range(n)] if m.randomized else None
             per_model = {p.name: (float(params.get(p.name, p.default)),) * n for p in m.params if p.per_model}
             glob = {p.name: params.get(p.name, p.default) for p in m.params if not p.per_model}
-            return m.merge(MergeInputs(name, xs, base, per_model, glob, gen))
+            return m.merge(MergeInputs(name, xs, base, per_model, glob, generators=gens))
 
         return ref
 
@@ -168,9 +166,7 @@ def test_merged_llava_loads_with_from_pretrained_and_generates(llava_family, tmp
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     out = tmp_path / "out"
-    merge_to_dir(
-        parse_merge_config(_config(llava_family, "ties", parameters={"density": 0.5})), out, quiet=True
-    )
+    merge_to_dir(parse_merge_config(_config(llava_family, "ties", parameters={"density": 0.5})), out, quiet=True)
     model = LlavaForConditionalGeneration.from_pretrained(out)
     processor = AutoProcessor.from_pretrained(out)
     ids = processor.tokenizer("red", return_tensors="pt").input_ids
@@ -189,12 +185,8 @@ def test_bfloat16_output_dtype_is_applied_and_recorded(llava_family, llava_state
     import json
 
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
-    want = _ref_linear(
-        [llava_states[f"expert{i}"]["multi_modal_projector.linear_1.weight"] for i in range(3)], [1] * 3
-    )
-    torch.testing.assert_close(
-        raw["multi_modal_projector.linear_1.weight"].float(), want, atol=1e-2, rtol=1e-2
-    )
+    want = _ref_linear([llava_states[f"expert{i}"]["multi_modal_projector.linear_1.weight"] for i in range(3)], [1] * 3)
+    torch.testing.assert_close(raw["multi_modal_projector.linear_1.weight"].float(), want, atol=1e-2, rtol=1e-2)
 
 
 def test_qwen2vl_merge_merges_the_merger_keeps_the_vision_tower_and_generates(qwen2vl_family, tmp_path):
@@ -346,9 +338,7 @@ def test_cli_merge_writes_a_sharded_checkpoint_and_reports_errors(llava_family, 
     cfg_path = tmp_path / "merge.yml"
     cfg_path.write_text(yaml.safe_dump(_config(llava_family, "linear")))
     runner = CliRunner()
-    result = runner.invoke(
-        app, ["merge", str(cfg_path), str(tmp_path / "out"), "--max-shard-size", "20000", "-q"]
-    )
+    result = runner.invoke(app, ["merge", str(cfg_path), str(tmp_path / "out"), "--max-shard-size", "20000", "-q"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "model.safetensors.index.json").exists()
     out = _state(tmp_path / "out")

@@ -266,6 +266,20 @@ def test_dare_masks_are_drawn_in_model_order_from_the_generator():
     torch.testing.assert_close(out, expected)
 
 
+def test_dare_masks_come_from_each_models_own_generator_when_given():
+    """The engine's seeding contract: model i's mask is drawn from generators[i], in flat order."""
+    base, models = expert_set((3, 7), n=2)
+    densities = [0.4, 0.7]
+    generators = [torch.Generator().manual_seed(21), torch.Generator().manual_seed(22)]
+    inputs = MergeInputs("layer.weight", models, base, {"density": densities}, {}, generators=generators)
+    out = get_method("dare_linear").merge(inputs)
+    expected = base.clone()
+    for i, (model, density) in enumerate(zip(models, densities, strict=True)):
+        mask = torch.rand(base.shape, generator=torch.Generator().manual_seed(21 + i)) < density
+        expected += (model - base) * mask / density
+    torch.testing.assert_close(out, expected)
+
+
 def test_dare_linear_expectation_over_seeds_is_task_arithmetic():
     g = torch.Generator().manual_seed(4)
     base = torch.randn(8, generator=g)

@@ -1,4 +1,4 @@
-"""Lazy reader of a Hugging Face checkpoint directory: headers up front, one tensor read at a time."""
+"""Lazy reader of a Hugging Face checkpoint directory: headers up front, then one tensor (or row range) per read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from uqmerge.checkpoint.safetensors_format import TensorInfo, read_header, read_tensor
+from uqmerge.checkpoint.safetensors_format import TensorInfo, read_header, read_tensor, read_tensor_rows
 from uqmerge.errors import CheckpointError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -27,7 +27,7 @@ def _load_json(path: Path) -> dict[str, Any]:
 
 
 class CheckpointReader:
-    """Reads tensor metadata of a checkpoint dir eagerly and tensor data lazily, one tensor per call.
+    """Reads tensor metadata of a checkpoint dir eagerly and tensor data lazily, one tensor (or row range) per call.
 
     Supports sharded safetensors with ``model.safetensors.index.json``, a single ``model.safetensors``
     (or any single ``*.safetensors``), and, only with ``allow_pickle=True``, ``pytorch_model.bin`` files
@@ -37,9 +37,7 @@ class CheckpointReader:
     def __init__(self, path: str | Path, *, allow_pickle: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
-            raise CheckpointError(
-                f"{self.path}: not a checkpoint directory (expected a Hugging Face model dir)"
-            )
+            raise CheckpointError(f"{self.path}: not a checkpoint directory (expected a Hugging Face model dir)")
         self.allow_pickle = allow_pickle
         self._pickles: dict[Path, dict[str, torch.Tensor]] = {}
         self.tensors: dict[str, TensorInfo] = self._index()
@@ -86,9 +84,7 @@ class CheckpointReader:
                 if shard_name != shard:
                     continue
                 if name not in shard_infos:
-                    raise CheckpointError(
-                        f"{shard_path}: tensor {name!r} listed in {index_path.name} is missing"
-                    )
+                    raise CheckpointError(f"{shard_path}: tensor {name!r} listed in {index_path.name} is missing")
                 infos[name] = shard_infos[name]
         # Keep the on-disk order of the shards (and within each shard, by offset) for sequential reads.
         return dict(sorted(infos.items(), key=lambda kv: (str(kv[1].file), kv[1].start, kv[0])))
@@ -102,9 +98,7 @@ class CheckpointReader:
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:
-                raise CheckpointError(
-                    f"{path}: cannot load pickled weights with weights_only=True ({e})"
-                ) from e
+                raise CheckpointError(f"{path}: cannot load pickled weights with weights_only=True ({e})") from e
             if not isinstance(state, dict):
                 raise CheckpointError(f"{path}: expected a state dict of tensors")
             self._pickles[path] = state
@@ -128,6 +122,20 @@ class CheckpointReader:
         if info.start >= 0:
             return read_tensor(info)
         return self._load_pickle(info.file)[name].clone()
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name`` (its stored dtype, on the CPU): ``read(name)[start:stop]``.
+
+        For safetensors this reads only that contiguous byte range; pickles are sliced from their mmap.
+        """
+        info = self.info(name)
+        if info.start >= 0:
+            return read_tensor_rows(info, start, stop)
+        if not info.shape or not 0 <= start <= stop <= info.shape[0]:
+            raise CheckpointError(
+                f"{info.file}: rows [{start}, {stop}) out of range for tensor {name!r} of shape {list(info.shape)}"
+            )
+        return self._load_pickle(info.file)[name][start:stop].clone()
 
     def total_bytes(self) -> int:
         """Total bytes of tensor data."""

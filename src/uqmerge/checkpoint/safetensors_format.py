@@ -1,9 +1,9 @@
 """The safetensors container format: header parsing with validation, and header building for streaming writes.
 
 The ``safetensors`` library reads through mmap and writes whole dicts; the engine needs positional reads of
-one tensor (so untouched file pages never count toward resident memory) and streaming writes of tensors
-produced one at a time, so it speaks the (documented, tiny) container format directly. Files written here
-are read back with the ``safetensors`` library in the tests.
+one tensor or of a range of its rows (so untouched file pages never count toward resident memory) and
+streaming writes of tensors produced one at a time, so it speaks the (documented, tiny) container format
+directly. Files written here are read back with the ``safetensors`` library in the tests.
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         with path.open("rb") as f:
             raw_len = f.read(8)
             if len(raw_len) < 8:
-                raise CheckpointError(
-                    f"{path}: corrupt safetensors file (shorter than its 8-byte header length)"
-                )
+                raise CheckpointError(f"{path}: corrupt safetensors file (shorter than its 8-byte header length)")
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > min(size - 8, _MAX_HEADER_BYTES):
                 raise CheckpointError(
@@ -96,9 +94,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = (int(x) for x in entry["data_offsets"])
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(
-                f"{path}: corrupt safetensors header entry for tensor {name!r} ({e!r})"
-            ) from e
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {name!r} ({e!r})") from e
         info = TensorInfo(name, path, dtype, shape, data_start + begin, data_start + end)
         if end < begin or info.end > size or end - begin != info.nbytes:
             raise CheckpointError(
@@ -109,16 +105,58 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+def row_numel(shape: tuple[int, ...]) -> int:
+    """Elements in one row (one index of the first dimension) of a tensor of ``shape`` with at least one dim."""
+    return math.prod(shape[1:])
+
+
+def _pread_tensor(info: TensorInfo, offset: int, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """A new CPU tensor of ``shape`` and ``info.dtype`` filled from ``info.file`` at absolute ``offset``.
+
+    Positional reads (no mmap) straight into the tensor's memory, repeated while the kernel returns short
+    counts (Linux reads at most ~2 GB per call).
+    """
+    tensor = torch.empty(shape, dtype=info.dtype)
+    if tensor.numel() == 0:
+        return tensor
+    buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    done = 0
+    try:
+        with info.file.open("rb") as f:
+            while done < len(buffer):
+                got = os.preadv(f.fileno(), [buffer[done:]], offset + done)
+                if got <= 0:
+                    break
+                done += got
+    except OSError as e:
+        raise CheckpointError(f"{info.file}: cannot read {what} of tensor {info.name!r} ({e})") from e
+    if done != len(buffer):
+        raise CheckpointError(f"{info.file}: truncated data for tensor {info.name!r}")
+    return tensor
+
+
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one tensor with a positional read (no mmap), returning a CPU tensor that owns its memory."""
-    buf = bytearray(info.end - info.start)
-    with info.file.open("rb") as f:
-        got = os.preadv(f.fileno(), [buf], info.start)
-    if got != len(buf):
-        raise CheckpointError(f"{info.file}: truncated data for tensor {info.name!r}")
-    if not buf:
-        return torch.empty(info.shape, dtype=info.dtype)
-    return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+    return _pread_tensor(info, info.start, info.shape, "the data")
+
+
+def read_tensor_rows(info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` (first-dimension indices) of one tensor, by a positional read of that byte range.
+
+    safetensors stores tensors row-major and contiguous, so a row range is one contiguous byte range: the
+    result equals ``read_tensor(info)[start:stop]`` and owns its memory. A CheckpointError names the tensor
+    for a 0-D tensor or a range outside ``[0, shape[0]]``.
+    """
+    if not info.shape:
+        raise CheckpointError(f"{info.file}: tensor {info.name!r} is 0-D and has no rows; read it whole")
+    if not 0 <= start <= stop <= info.shape[0]:
+        raise CheckpointError(
+            f"{info.file}: rows [{start}, {stop}) out of range for tensor {info.name!r} with {info.shape[0]} rows"
+        )
+    row_bytes = row_numel(info.shape) * dtype_size(info.dtype)
+    return _pread_tensor(
+        info, info.start + start * row_bytes, (stop - start, *info.shape[1:]), f"rows [{start}, {stop})"
+    )
 
 
 def build_header(entries: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> tuple[bytes, dict[str, int]]:

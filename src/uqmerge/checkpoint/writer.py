@@ -29,9 +29,7 @@ def check_output_dir(out_dir: Path, *, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputError(
-            f"{out_dir}: output directory is not empty; choose another or pass --force to replace it"
-        )
+        raise OutputError(f"{out_dir}: output directory is not empty; choose another or pass --force to replace it")
 
 
 def assign_shards(specs: list[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:

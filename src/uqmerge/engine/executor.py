@@ -1,9 +1,34 @@
-"""The streaming executor: tensor by tensor, read inputs once, merge in fp32, cast, hand to a sink."""
+"""The streaming executor: tensor by tensor (large ones in blocks of rows), merge in fp32, cast, hand to a sink.
+
+Memory. A merged tensor whose method has a block protocol (:class:`~uqmerge.methods.base.Blockwise`) is cut
+into blocks of whole rows, as many rows as keep the method's estimated fp32 working set (``bytes_per_element(N)``
+× entries) within ``max_block_bytes``; a tensor that fits is a single block. Besides one block's working set, a
+task holds its output tensor in the output dtype (until the sink takes it) and, for methods with statistics
+passes, at most ``max_cache_bytes`` of stored inputs (see Reads). Methods without a block protocol get whole fp32
+tensors. Kept-base tensors are copied in their stored dtype and compared with the models' copies block by block.
+
+Reads. Every input tensor is read once, with one exception: a method with statistics passes (TIES,
+Breadcrumbs, Model Stock) over a tensor of several blocks sees every block once per pass (a single-block tensor
+is read once and kept for all passes). If the tensor's inputs in their stored dtype fit in ``max_cache_bytes``
+they are read once and kept for the passes; otherwise each later pass re-reads its rows (positional reads of
+contiguous row ranges, usually from the page cache). ``MergeReport.bytes_read`` counts every byte read and
+``bytes_reread`` the re-reads.
+
+Seeding contract. Randomized methods get CPU generators, so masks are the same on any compute device:
+``MergeInputs.generator`` seeded with ``tensor_seed(seed, name)`` (one stream for the tensor) and
+``generators[i]`` / ``TensorContext.generators[i]`` seeded with ``tensor_seed(seed, name, i)`` for model i. The
+baseline methods draw model i's random numbers from ``generators[i]`` in flat (row-major) order of the tensor's
+entries, one ``torch.rand`` per block continuing the stream; so results depend neither on the order tensors are
+merged in nor on block boundaries (``torch.rand`` on consecutive blocks from one CPU generator equals one draw
+over the whole tensor; ``tests/test_blockwise.py`` checks it).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -16,12 +41,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from uqmerge.checkpoint.reader import CheckpointReader
+from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import MergePlan, TensorTask
 from uqmerge.engine.sinks import TensorSink
 from uqmerge.errors import CheckpointError, PlanError, UQMergeError
 from uqmerge.methods import MergeInputs
+from uqmerge.methods.base import BlockMerger, Blockwise, RowBlock, TensorContext
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BLOCK_BYTES = 16 * 2**20
+"""Default working-set bound of one block. Blocks of this size (~200K entries for TIES of 4 models) stay in the
+CPU caches and are faster than whole tensors, and they keep a 4-expert merge of ~540M parameters far under 1 GB."""
+DEFAULT_MAX_CACHE_BYTES = 64 * 2**20
+"""Default bound on a tensor's stored inputs kept between statistics passes instead of re-read."""
+_MAX_STATISTICS_PASSES = 8
+_KEEP_BASE_BYTES_PER_ELEMENT = 12  # base rows and model rows in fp32, their difference
 
 
 def resolve_device(device: str) -> torch.device:
@@ -29,86 +65,293 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UQMergeError(
-            "--device cuda requested but no CUDA device is available; use --device cpu or auto"
-        )
+        raise UQMergeError("--device cuda requested but no CUDA device is available; use --device cpu or auto")
     if device != "cpu" and not device.startswith("cuda"):
         raise UQMergeError(f"unknown device {device!r}; use cpu, cuda or auto")
     return torch.device(device)
 
 
-def tensor_seed(seed: int, name: str) -> int:
-    """A stable 63-bit seed per (seed, tensor name), independent of execution order and Python's hash salt."""
-    digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+def tensor_seed(seed: int, name: str, model: int | None = None) -> int:
+    """A stable 63-bit seed per (seed, tensor name[, model index]), independent of order and Python's hash salt.
+
+    Without ``model``: the tensor's single stream (``MergeInputs.generator``); with it: model ``model``'s own
+    stream (``MergeInputs.generators[model]``), which blockwise merges consume block by block.
+    """
+    key = f"{seed}\x00{name}" if model is None else f"{seed}\x00{name}\x00{model}"
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _seeded(seed: int) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
 
 
 @dataclass
 class MergeReport:
-    """What the executor did: counts, bytes read, and keep-base tensors that differed across inputs."""
+    """What the executor did: counts, bytes read, and keep-base tensors that differed across inputs.
+
+    ``bytes_read`` counts every read, ``bytes_reread`` the part read again by statistics passes over tensors
+    too large to keep (see the module docstring); ``blocked_tensors`` counts tensors merged in several blocks.
+    """
 
     tensors: int = 0
+    blocked_tensors: int = 0
     bytes_read: int = 0
+    bytes_reread: int = 0
     keep_base_differences: dict[str, float] = field(default_factory=dict)
 
 
 class _Inputs:
-    """Reads and validates input tensors, counting bytes."""
+    """Reads input tensors whole or by rows, converts floating ones to fp32 on the device, validates, counts bytes."""
 
     def __init__(self, plan: MergePlan, device: torch.device, allow_nonfinite: bool) -> None:
         self.plan = plan
         self.device = device
         self.allow_nonfinite = allow_nonfinite
         self.bytes_read = 0
+        self.bytes_reread = 0
 
-    def read(self, reader_index: int | None, name: str) -> torch.Tensor:
-        reader = self.plan.base if reader_index is None else self.plan.models[reader_index]
-        tensor = reader.read(name)
-        self.bytes_read += tensor.numel() * tensor.element_size()
-        if tensor.is_floating_point():
-            tensor = tensor.to(device=self.device, dtype=torch.float32)
-            if not self.allow_nonfinite and not bool(torch.isfinite(tensor).all()):
-                raise CheckpointError(
-                    f"{reader.path}: tensor {name!r} contains NaN or Inf; fix the checkpoint or pass "
-                    "--allow-nonfinite to merge it anyway"
-                )
+    def reader(self, index: int | None) -> CheckpointReader:
+        """The base's reader for ``None``, else model ``index``'s."""
+        return self.plan.base if index is None else self.plan.models[index]
+
+    def raw(
+        self, index: int | None, name: str, rows: tuple[int, int] | None = None, *, again: bool = False
+    ) -> torch.Tensor:
+        """Tensor ``name`` (or its ``rows``) as stored, on the CPU; ``again`` marks a re-read."""
+        reader = self.reader(index)
+        tensor = reader.read(name) if rows is None else reader.read_rows(name, *rows)
+        nbytes = tensor.numel() * tensor.element_size()
+        self.bytes_read += nbytes
+        if again:
+            self.bytes_reread += nbytes
         return tensor
 
+    def compute(self, index: int | None, name: str, raw: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+        """A floating ``raw`` as fp32 on the compute device, refused if it holds NaN/Inf (unless allowed)."""
+        if not raw.is_floating_point():
+            return raw
+        tensor = raw.to(device=self.device, dtype=torch.float32)
+        if check:
+            self.check_finite(index, name, tensor)
+        return tensor
 
-def _merge_one(task: TensorTask, inputs: _Inputs, plan: MergePlan, report: MergeReport) -> torch.Tensor:
-    if task.action is None:
-        base = inputs.read(None, task.name)
-        if plan.config.verify_keep_base and base.is_floating_point():
-            for i in range(len(plan.models)):
-                diff = float((inputs.read(i, task.name) - base).abs().max()) if base.numel() else 0.0
+    def check_finite(self, index: int | None, name: str, tensor: torch.Tensor) -> None:
+        """CheckpointError unless every entry is finite (or non-finite entries are allowed).
+
+        A finite sum proves every entry finite (NaN and ±Inf propagate) and costs one fast reduction; only a
+        non-finite sum (which finite entries can also reach by overflow) is checked entry by entry.
+        """
+        if self.allow_nonfinite or bool(torch.isfinite(tensor.sum())):
+            return
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{self.reader(index).path}: tensor {name!r} contains NaN or Inf; fix the checkpoint or pass "
+                "--allow-nonfinite to merge it anyway"
+            )
+
+    def read(self, index: int | None, name: str) -> torch.Tensor:
+        """Whole tensor ``name``: fp32 on the compute device if floating."""
+        return self.compute(index, name, self.raw(index, name))
+
+
+def row_bounds(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` row ranges of at most ``rows_per_block`` rows covering ``n_rows``."""
+    step = max(1, rows_per_block)
+    return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)] or [(0, 0)]
+
+
+def rows_per_block(shape: tuple[int, ...], bytes_per_element: int, max_block_bytes: int) -> int:
+    """Rows of a tensor of ``shape`` (≥ 1-D) per block so ``bytes_per_element`` × entries ≤ ``max_block_bytes``."""
+    per_row = max(1, math.prod(shape[1:]) * bytes_per_element)
+    return max(1, min(shape[0], max_block_bytes // per_row))
+
+
+class _RowSource:
+    """The row blocks of one tensor's inputs (models, then the base if needed), pass after pass.
+
+    Inputs come from disk, or from ``cache`` (the stored inputs, read once on the first pass). A pass made of a
+    single block keeps it, so a later single-block pass over the same rows reuses it instead of reading again.
+    Rows read from disk a second time are counted as re-reads.
+    """
+
+    def __init__(self, inputs: _Inputs, name: str, n_models: int, with_base: bool, *, cache: bool) -> None:
+        self.inputs = inputs
+        self.name = name
+        self.sources: list[int | None] = [*range(n_models), *([None] if with_base else [])]
+        self.n_models = n_models
+        self.cache = cache
+        self._disk_passes = 0
+        self._kept: tuple[tuple[int, int], RowBlock] | None = None
+        self._raw: list[torch.Tensor] | None = None
+
+    def blocks(self, bounds: list[tuple[int, int]]) -> Iterator[RowBlock]:
+        """The blocks with the given row ``bounds``, in row order (one pass)."""
+        if self._kept is not None and [self._kept[0]] == bounds:
+            yield self._kept[1]
+            return
+        self._kept = None
+        if self.cache and self._raw is None:
+            self._raw = [self.inputs.raw(i, self.name) for i in self.sources]
+        again = self._raw is None and self._disk_passes > 0
+        if self._raw is None:
+            self._disk_passes += 1
+        for rows in bounds:
+            block = self._block(rows, again=again)
+            if len(bounds) == 1:
+                self._kept = (rows, block)
+            yield block
+
+    def _block(self, rows: tuple[int, int], *, again: bool) -> RowBlock:
+        start, stop = rows
+        tensors = []
+        for k, index in enumerate(self.sources):
+            if self._raw is not None:
+                raw = self._raw[k][start:stop]
+            else:
+                raw = self.inputs.raw(index, self.name, rows, again=again)
+            tensors.append(self.inputs.compute(index, self.name, raw))
+        row_numel = math.prod(tensors[0].shape[1:]) if tensors and tensors[0].dim() else 1
+        base = tensors[self.n_models] if len(self.sources) > self.n_models else None
+        return RowBlock(start, stop, start * row_numel, tensors[: self.n_models], base)
+
+
+class _Executor:
+    """Merges the plan's tasks one at a time (see the module docstring for memory, reads and seeding)."""
+
+    def __init__(
+        self, plan: MergePlan, inputs: _Inputs, report: MergeReport, max_block_bytes: int, max_cache_bytes: int
+    ) -> None:
+        if max_block_bytes <= 0:
+            raise UQMergeError(f"max block size must be positive bytes, got {max_block_bytes}")
+        if max_cache_bytes < 0:
+            raise UQMergeError(f"max cache size must be zero or positive bytes, got {max_cache_bytes}")
+        self.plan = plan
+        self.inputs = inputs
+        self.report = report
+        self.max_block_bytes = max_block_bytes
+        self.max_cache_bytes = max_cache_bytes
+
+    def merge(self, task: TensorTask) -> torch.Tensor:
+        """The output tensor of ``task`` in its output dtype, on the CPU."""
+        action = task.action
+        if action is None:
+            return self._keep_base(task).to(dtype=task.out_dtype)
+        blockwise = action.method.blockwise
+        if blockwise is None or not task.shape or math.prod(task.shape) == 0:
+            return self._merge_whole(task, action).to(dtype=task.out_dtype, device="cpu")
+        return self._merge_blocks(task, action, blockwise)
+
+    def _generators(self, task: TensorTask, action: ResolvedMethod) -> list[torch.Generator] | None:
+        if not action.method.randomized:
+            return None
+        seed = self.plan.config.seed
+        return [_seeded(tensor_seed(seed, task.name, i)) for i in range(len(self.plan.models))]
+
+    def _merge_whole(self, task: TensorTask, action: ResolvedMethod) -> torch.Tensor:
+        method = action.method
+        models = [self.inputs.read(i, task.name) for i in range(len(self.plan.models))]
+        # Without `base_model:` the first model stands in as the base; never read it twice.
+        base = self.inputs.read(None, task.name) if method.requires_base else None
+        generator = _seeded(tensor_seed(self.plan.config.seed, task.name)) if method.randomized else None
+        merged = method.merge(
+            MergeInputs(
+                name=task.name,
+                models=models,
+                base=base,
+                per_model=action.per_model,
+                params=action.params,
+                generator=generator,
+                generators=self._generators(task, action),
+            )
+        )
+        _check_shape(method.name, task.name, merged, task.shape)
+        return merged
+
+    def _merge_blocks(self, task: TensorTask, action: ResolvedMethod, blockwise: Blockwise) -> torch.Tensor:
+        method = action.method
+        n = len(self.plan.models)
+        merger = blockwise.start(
+            TensorContext(
+                name=task.name,
+                shape=task.shape,
+                n_models=n,
+                per_model=action.per_model,
+                params=action.params,
+                generators=self._generators(task, action),
+            )
+        )
+        bounds = self._bounds(task.shape, blockwise, blockwise.bytes_per_element(n))
+        single = len(bounds) == 1
+        # Stored inputs are kept between passes when they fit and would otherwise be read more than once.
+        reads = 1 + (merger.needs_statistics and not single)
+        readers = [*self.plan.models, *([self.plan.base] if method.requires_base else [])]
+        stored = sum(r.info(task.name).nbytes for r in readers)
+        cache = reads > 1 and stored <= self.max_cache_bytes
+        source = _RowSource(self.inputs, task.name, n, method.requires_base, cache=cache)
+        if merger.needs_statistics:
+            _run_statistics(merger, source, bounds, method.name, task.name)
+        if single:
+            (block,) = source.blocks(bounds)
+            merged = merger.merge(block)
+            _check_shape(method.name, task.name, merged, task.shape)
+            return merged.to(dtype=task.out_dtype, device="cpu")
+        self.report.blocked_tensors += 1
+        out = torch.empty(task.shape, dtype=task.out_dtype)
+        for block in source.blocks(bounds):
+            merged = merger.merge(block)
+            _check_shape(method.name, task.name, merged, (block.stop - block.start, *task.shape[1:]))
+            out[block.start : block.stop].copy_(merged)
+            del block, merged  # free this block before the next one is read
+        return out
+
+    def _bounds(self, shape: tuple[int, ...], blockwise: Blockwise, bytes_per_element: int) -> list[tuple[int, int]]:
+        """Row blocks of a tensor of ``shape`` whose working set stays within ``max_block_bytes``."""
+        if blockwise.row_wise and len(shape) < 2:
+            return [(0, shape[0])]
+        return row_bounds(shape[0], rows_per_block(shape, bytes_per_element, self.max_block_bytes))
+
+    def _keep_base(self, task: TensorTask) -> torch.Tensor:
+        """The base's tensor as stored; with ``verify_keep_base``, the models' copies compared block by block."""
+        base = self.inputs.raw(None, task.name)
+        if not base.is_floating_point():
+            return base
+        if not self.plan.config.verify_keep_base:
+            self.inputs.check_finite(None, task.name, base)
+            return base
+        bounds = (
+            row_bounds(base.shape[0], rows_per_block(base.shape, _KEEP_BASE_BYTES_PER_ELEMENT, self.max_block_bytes))
+            if base.dim()
+            else [None]
+        )
+        for rows in bounds:
+            base_rows = self.inputs.compute(None, task.name, base if rows is None else base[rows[0] : rows[1]])
+            for i in range(len(self.plan.models)):
+                model_rows = self.inputs.compute(i, task.name, self.inputs.raw(i, task.name, rows))
+                diff = float((model_rows - base_rows).abs().max()) if base_rows.numel() else 0.0
                 if diff > 0:
-                    report.keep_base_differences[task.name] = max(
-                        diff, report.keep_base_differences.get(task.name, 0)
-                    )
+                    differences = self.report.keep_base_differences
+                    differences[task.name] = max(diff, differences.get(task.name, 0.0))
         return base
-    method = task.action.method
-    models = [inputs.read(i, task.name) for i in range(len(plan.models))]
-    # Without `base_model:` the first model stands in as the base; never read it twice.
-    base = inputs.read(None, task.name) if method.requires_base else None
-    generator = None
-    if method.randomized:
-        generator = torch.Generator(device=inputs.device)
-        generator.manual_seed(tensor_seed(plan.config.seed, task.name))
-    merged = method.merge(
-        MergeInputs(
-            name=task.name,
-            models=models,
-            base=base,
-            per_model=task.action.per_model,
-            params=task.action.params,
-            generator=generator,
-        )
-    )
-    if tuple(merged.shape) != task.shape:
-        raise PlanError(
-            f"method {method.name!r} returned shape {list(merged.shape)} for {task.name!r}, expected {list(task.shape)}"
-        )
-    return merged
+
+
+def _run_statistics(
+    merger: BlockMerger, source: _RowSource, bounds: list[tuple[int, int]], method: str, name: str
+) -> None:
+    for _ in range(_MAX_STATISTICS_PASSES):
+        for block in source.blocks(bounds):
+            merger.observe(block)
+            del block  # free this block before the next one is read
+        if not merger.end_pass():
+            return
+    raise PlanError(f"method {method!r} asked for more than {_MAX_STATISTICS_PASSES} statistics passes over {name!r}")
+
+
+def _check_shape(method: str, name: str, merged: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(merged.shape) != tuple(shape):
+        raise PlanError(f"method {method!r} returned shape {list(merged.shape)} for {name!r}, expected {list(shape)}")
 
 
 def execute_plan(
@@ -118,11 +361,18 @@ def execute_plan(
     device: str = "cpu",
     allow_nonfinite: bool = False,
     quiet: bool = False,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
 ) -> MergeReport:
-    """Run every task in plan order, writing through ``sink``; on any error the sink is aborted."""
+    """Run every task in plan order, writing through ``sink``; on any error the sink is aborted.
+
+    ``max_block_bytes`` bounds the working set of a block and ``max_cache_bytes`` the stored inputs of a tensor
+    kept between statistics passes (see the module docstring).
+    """
     dev = resolve_device(device)
     inputs = _Inputs(plan, dev, allow_nonfinite)
     report = MergeReport()
+    executor = _Executor(plan, inputs, report, max_block_bytes, max_cache_bytes)
     progress = Progress(
         TextColumn("[bold]merging"),
         BarColumn(),
@@ -138,17 +388,19 @@ def execute_plan(
             bar = progress.add_task("merge", total=plan.input_bytes(), tensor="")
             for task in plan.tasks:
                 progress.update(bar, tensor=task.name[-48:])
-                before = inputs.bytes_read
+                before = inputs.bytes_read - inputs.bytes_reread
                 with torch.no_grad():
-                    merged = _merge_one(task, inputs, plan, report)
-                sink.write(task.name, merged.to(dtype=task.out_dtype, device="cpu"))
+                    merged = executor.merge(task)
+                sink.write(task.name, merged)
+                del merged
                 report.tensors += 1
-                progress.advance(bar, inputs.bytes_read - before)
+                progress.advance(bar, inputs.bytes_read - inputs.bytes_reread - before)
         sink.close()
     except BaseException:
         sink.abort()
         raise
     report.bytes_read = inputs.bytes_read
+    report.bytes_reread = inputs.bytes_reread
     _warn_keep_base(report)
     return report
 

@@ -47,9 +47,7 @@ def resolve_method(
     n = len(model_params)
     if n < method.min_models or (method.max_models is not None and n > method.max_models):
         most = "any number" if method.max_models is None else str(method.max_models)
-        raise ConfigError(
-            f"{where}: method {method.name!r} needs {method.min_models} to {most} models, got {n}"
-        )
+        raise ConfigError(f"{where}: method {method.name!r} needs {method.min_models} to {most} models, got {n}")
     per_model: dict[str, tuple[float, ...]] = {}
     params: dict[str, ParamValue] = {}
     for spec in method.params:

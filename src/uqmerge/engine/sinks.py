@@ -29,9 +29,7 @@ class TensorSink(Protocol):
 class DiskSink:
     """Writes an HF checkpoint dir atomically: shards, index, base's aux files, config dtype, recipe, card."""
 
-    def __init__(
-        self, plan: MergePlan, out_dir: str | Path, *, max_shard_size: int, force: bool = False
-    ) -> None:
+    def __init__(self, plan: MergePlan, out_dir: str | Path, *, max_shard_size: int, force: bool = False) -> None:
         self.plan = plan
         self.writer = ShardedWriter(out_dir, plan.output_specs(), max_shard_size=max_shard_size, force=force)
 

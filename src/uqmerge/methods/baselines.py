@@ -1,16 +1,21 @@
 """The baseline merge methods: linear, task arithmetic and its sparsified variants, Model Stock.
 
-Each method is a pure typed function over fp32 tensors (the caller casts on write) plus a
-:class:`MergeMethod` record; the task-vector methods are configurations of
-:func:`uqmerge.methods.task_vector.merge_task_vectors`. ``_bind`` turns a typed function into the
-registry's ``merge(inputs)``: it validates every parameter against the record's :class:`Param` specs
-(and rejects parameters the method does not have) before any tensor work.
+Each method is a pure typed function over fp32 tensors (the caller casts on write), a typed block builder
+with the same parameters (the :class:`~uqmerge.methods.base.Blockwise` protocol: every baseline can merge a
+tensor one block of rows at a time), and a :class:`MergeMethod` record; the task-vector methods are
+configurations of :func:`uqmerge.methods.task_vector.merge_task_vectors` and, block by block, of
+:class:`~uqmerge.methods.task_vector.TaskVectorBlocks`. ``_bind`` turns the typed pair into the registry's
+``merge(inputs)`` and ``blockwise.start(context)``: both validate every parameter against the record's
+:class:`Param` specs (and reject parameters the method does not have) before any tensor work.
+
+Blockwise results equal the whole-tensor ones bit for bit, except Model Stock's, whose norms and dot
+products are reduced block by block (equal up to fp32 rounding of those sums).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 
@@ -18,7 +23,15 @@ import torch
 from torch import Tensor
 
 from uqmerge.errors import ConfigError, PlanError
-from uqmerge.methods.base import MergeInputs, MergeMethod, Param
+from uqmerge.methods.base import (
+    BlockMerger,
+    Blockwise,
+    MergeInputs,
+    MergeMethod,
+    Param,
+    RowBlock,
+    TensorContext,
+)
 from uqmerge.methods.task_vector import (
     DENSITY,
     EPSILON,
@@ -26,12 +39,17 @@ from uqmerge.methods.task_vector import (
     LAMBDA,
     NONNEGATIVE_WEIGHT,
     WEIGHT,
+    MagnitudeBand,
+    PairwiseCosineSums,
     Sparsifier,
+    StreamSparsifier,
+    TaskVectorBlocks,
     band_prune,
     check_band_fractions,
     check_della_band,
     check_param,
     della_prune,
+    keep_counts,
     magnitude_prune,
     mean_pairwise_cosine,
     merge_task_vectors,
@@ -44,6 +62,14 @@ from uqmerge.methods.task_vector import (
 # Typed merge functions
 
 
+def _linear_weights(weights: Sequence[float]) -> list[float]:
+    """The weights divided by their sum; a ConfigError when they sum to 0 (|Σ w| ≤ 1e-9·Σ|w|)."""
+    total = math.fsum(weights)
+    if abs(total) <= 1e-9 * math.fsum(abs(w) for w in weights):
+        raise ConfigError(f"parameter 'weight' of the linear merge sums to {total:g}; the average needs a non-zero sum")
+    return [w / total for w in weights]
+
+
 def linear(models: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     """Weighted average of the models: θ = Σ_i w_i·θ_i / Σ_i w_i (no base).
 
@@ -52,10 +78,30 @@ def linear(models: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     Weights may be negative; weights summing to 0 (|Σ w| ≤ 1e-9·Σ|w|) are a ConfigError. mergekit's
     ``linear`` also normalises by Σ w (``normalize: true``) but silently skips a zero sum.
     """
-    total = math.fsum(weights)
-    if abs(total) <= 1e-9 * math.fsum(abs(w) for w in weights):
-        raise ConfigError(f"parameter 'weight' of the linear merge sums to {total:g}; the average needs a non-zero sum")
-    return weighted_sum(models, [w / total for w in weights])
+    return weighted_sum(models, _linear_weights(weights))
+
+
+class _LinearBlocks:
+    """:func:`linear` block by block (elementwise, no statistics)."""
+
+    needs_statistics = False
+
+    def __init__(self, weights: Sequence[float]) -> None:
+        self.weights = _linear_weights(weights)
+
+    def observe(self, block: RowBlock) -> None:
+        raise RuntimeError("linear has no statistics pass")
+
+    def end_pass(self) -> bool:
+        return False
+
+    def merge(self, block: RowBlock) -> Tensor:
+        return weighted_sum(block.models, self.weights)
+
+
+def linear_blocks(context: TensorContext, weights: Sequence[float]) -> BlockMerger:
+    """Block merger of :func:`linear`."""
+    return _LinearBlocks(weights)
 
 
 def _task_vector_merge(
@@ -82,6 +128,11 @@ def task_arithmetic(base: Tensor, models: Sequence[Tensor], weights: Sequence[fl
     return _task_vector_merge(base, models, weights, lam)
 
 
+def task_arithmetic_blocks(context: TensorContext, weights: Sequence[float], lam: float = 1.0) -> BlockMerger:
+    """Block merger of :func:`task_arithmetic`."""
+    return TaskVectorBlocks(weights, scale=lam)
+
+
 def ties(
     base: Tensor,
     models: Sequence[Tensor],
@@ -102,8 +153,16 @@ def ties(
     return _task_vector_merge(base, models, weights, lam, sparsifiers=sparsifiers, sign_consensus=True)
 
 
-def _dare_sparsifiers(densities: Sequence[float], generator: torch.Generator) -> list[Sparsifier]:
-    return [partial(random_prune, density=d, generator=generator) for d in densities]
+def ties_blocks(
+    context: TensorContext, weights: Sequence[float], densities: Sequence[float], lam: float = 1.0
+) -> BlockMerger:
+    """Block merger of :func:`ties`: statistics = each τ_i's exact top-k magnitude cut."""
+    sparsifiers = [MagnitudeBand(context.numel, *keep_counts(context.numel, d)) for d in densities]
+    return TaskVectorBlocks(weights, sparsifiers=sparsifiers, sign_consensus=True, scale=lam)
+
+
+def _dare_sparsifiers(densities: Sequence[float], generators: Sequence[torch.Generator]) -> list[Sparsifier]:
+    return [partial(random_prune, density=d, generator=g) for d, g in zip(densities, generators, strict=True)]
 
 
 def dare_linear(
@@ -111,18 +170,31 @@ def dare_linear(
     models: Sequence[Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     lam: float = 1.0,
 ) -> Tensor:
     """DARE + task arithmetic: θ = θ_0 + λ·Σ_i w_i·DARE(τ_i), DARE keeping each entry w.p. density, ÷ density.
 
     Paper: "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free
     Lunch", Yu et al. 2024, https://arxiv.org/abs/2311.03099.
-    E[θ] equals task arithmetic. Masks are drawn from ``generator`` in model order. Recent mergekit
-    rescales survivors to the L1 norm rather than ÷ density; peft's rescale was long a no-op.
+    E[θ] equals task arithmetic. Model i's mask is drawn from ``generators[i]`` (the same generator
+    repeated: drawn in model order). Recent mergekit rescales survivors to the L1 norm rather than
+    ÷ density; peft's rescale was long a no-op.
     """
-    sparsifiers = _dare_sparsifiers(densities, generator)
+    sparsifiers = _dare_sparsifiers(densities, generators)
     return _task_vector_merge(base, models, weights, lam, sparsifiers=sparsifiers)
+
+
+def dare_linear_blocks(
+    context: TensorContext,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    generators: Sequence[torch.Generator],
+    lam: float = 1.0,
+) -> BlockMerger:
+    """Block merger of :func:`dare_linear`: each model's mask stream continues block by block."""
+    sparsifiers = [StreamSparsifier(prune) for prune in _dare_sparsifiers(densities, generators)]
+    return TaskVectorBlocks(weights, sparsifiers=sparsifiers, scale=lam)
 
 
 def dare_ties(
@@ -130,18 +202,41 @@ def dare_ties(
     models: Sequence[Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     lam: float = 1.0,
 ) -> Tensor:
     """DARE + TIES without trimming: DARE each τ_i, elect signs, disjoint mean, × λ.
 
     Paper: "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free
     Lunch", Yu et al. 2024, https://arxiv.org/abs/2311.03099.
-    The disjoint mean divides by the agreeing weights, as in :func:`ties`; mergekit's ``dare_ties``
-    defaults to ``normalize: false`` (the agreeing weighted deltas are summed, not averaged).
+    Masks as in :func:`dare_linear`. The disjoint mean divides by the agreeing weights, as in :func:`ties`;
+    mergekit's ``dare_ties`` defaults to ``normalize: false`` (the agreeing weighted deltas are summed).
     """
-    sparsifiers = _dare_sparsifiers(densities, generator)
+    sparsifiers = _dare_sparsifiers(densities, generators)
     return _task_vector_merge(base, models, weights, lam, sparsifiers=sparsifiers, sign_consensus=True)
+
+
+def dare_ties_blocks(
+    context: TensorContext,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    generators: Sequence[torch.Generator],
+    lam: float = 1.0,
+) -> BlockMerger:
+    """Block merger of :func:`dare_ties`."""
+    sparsifiers = [StreamSparsifier(prune) for prune in _dare_sparsifiers(densities, generators)]
+    return TaskVectorBlocks(weights, sparsifiers=sparsifiers, sign_consensus=True, scale=lam)
+
+
+def _della_sparsifiers(
+    densities: Sequence[float], epsilon: float, generators: Sequence[torch.Generator]
+) -> list[Sparsifier]:
+    for i, density in enumerate(densities):
+        check_della_band(density, epsilon, where=f" of model {i}")
+    return [
+        partial(della_prune, density=d, epsilon=epsilon, generator=g)
+        for d, g in zip(densities, generators, strict=True)
+    ]
 
 
 def della(
@@ -149,7 +244,7 @@ def della(
     models: Sequence[Tensor],
     weights: Sequence[float],
     densities: Sequence[float],
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     epsilon: float = 0.1,
     lam: float = 1.0,
 ) -> Tensor:
@@ -160,12 +255,29 @@ def della(
     Per row, keep-prob rises linearly with |τ| rank from density − ε to density + ε (see
     :func:`~uqmerge.methods.task_vector.della_keep_probabilities`); density ± ε must lie in (0, 1].
     ε is global, default 0.1 (mergekit: 0.15 at the time of writing); λ is global (mergekit reads it
-    per model, from the first). With ε = 0 this equals :func:`dare_ties` for the same generator.
+    per model, from the first). Masks drawn as in :func:`dare_linear`; with ε = 0 this equals
+    :func:`dare_ties` for the same generators.
     """
-    for i, density in enumerate(densities):
-        check_della_band(density, epsilon, where=f" of model {i}")
-    sparsifiers = [partial(della_prune, density=d, epsilon=epsilon, generator=generator) for d in densities]
+    sparsifiers = _della_sparsifiers(densities, epsilon, generators)
     return _task_vector_merge(base, models, weights, lam, sparsifiers=sparsifiers, sign_consensus=True)
+
+
+def della_blocks(
+    context: TensorContext,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    generators: Sequence[torch.Generator],
+    epsilon: float = 0.1,
+    lam: float = 1.0,
+) -> BlockMerger:
+    """Block merger of :func:`della` (row-wise: blocks must hold whole rows)."""
+    sparsifiers = [StreamSparsifier(prune) for prune in _della_sparsifiers(densities, epsilon, generators)]
+    return TaskVectorBlocks(weights, sparsifiers=sparsifiers, sign_consensus=True, scale=lam)
+
+
+def _check_breadcrumbs(densities: Sequence[float], gammas: Sequence[float]) -> None:
+    for i, (density, gamma) in enumerate(zip(densities, gammas, strict=True)):
+        check_band_fractions(density, gamma, where=f" of model {i}")
 
 
 def breadcrumbs(
@@ -184,10 +296,23 @@ def breadcrumbs(
     θ = θ_0 + λ·Σ_i w_i·band(τ_i). Counts round half up; density + gamma > 1 is a ConfigError (mergekit
     silently shrinks the dropped top, e.g. drops nothing at its default density 1).
     """
-    for i, (density, gamma) in enumerate(zip(densities, gammas, strict=True)):
-        check_band_fractions(density, gamma, where=f" of model {i}")
+    _check_breadcrumbs(densities, gammas)
     sparsifiers = [partial(band_prune, density=d, gamma=g) for d, g in zip(densities, gammas, strict=True)]
     return _task_vector_merge(base, models, weights, lam, sparsifiers=sparsifiers)
+
+
+def breadcrumbs_blocks(
+    context: TensorContext,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    gammas: Sequence[float],
+    lam: float = 1.0,
+) -> BlockMerger:
+    """Block merger of :func:`breadcrumbs`: statistics = each τ_i's two exact magnitude cuts."""
+    _check_breadcrumbs(densities, gammas)
+    n = context.numel
+    sparsifiers = [MagnitudeBand(n, *keep_counts(n, d, g)) for d, g in zip(densities, gammas, strict=True)]
+    return TaskVectorBlocks(weights, sparsifiers=sparsifiers, scale=lam)
 
 
 def model_stock_ratio(cosine: Tensor, n_models: int) -> Tensor:
@@ -200,6 +325,11 @@ def model_stock_ratio(cosine: Tensor, n_models: int) -> Tensor:
     return n_models * c / (1.0 + (n_models - 1) * c)
 
 
+def _check_model_stock(n_models: int) -> None:
+    if n_models < 2:
+        raise ConfigError(f"model_stock needs at least two models besides the base, got {n_models}")
+
+
 def model_stock(base: Tensor, models: Sequence[Tensor]) -> Tensor:
     """Model Stock: θ = t·mean_i(θ_i) + (1 − t)·θ_0 = θ_0 + t·mean_i(τ_i), t from the task vectors' angle.
 
@@ -210,33 +340,61 @@ def model_stock(base: Tensor, models: Sequence[Tensor]) -> Tensor:
     Degenerate cases: a zero τ_i makes its pairs count as cosine 0; cos θ ≤ 0 gives t = 0 (the base);
     see :func:`model_stock_ratio`. Needs at least two models.
     """
-    if len(models) < 2:
-        raise ConfigError(f"model_stock needs at least two models besides the base, got {len(models)}")
+    _check_model_stock(len(models))
     deltas = task_vectors(base, models)
     t = model_stock_ratio(mean_pairwise_cosine(deltas), len(deltas))
     return base + t * weighted_sum(deltas, [1.0 / len(deltas)] * len(deltas))
 
 
+class _ModelStockBlocks:
+    """:func:`model_stock` block by block: one statistics pass sums norms and dot products, then t is fixed."""
+
+    needs_statistics = True
+
+    def __init__(self, n_models: int) -> None:
+        _check_model_stock(n_models)
+        self.n = n_models
+        self.sums = PairwiseCosineSums(n_models)
+        self.ratio: Tensor | None = None
+
+    def observe(self, block: RowBlock) -> None:
+        self.sums.add(task_vectors(_base_rows(block), block.models))
+
+    def end_pass(self) -> bool:
+        self.ratio = model_stock_ratio(torch.tensor(self.sums.mean(), dtype=torch.float32), self.n)
+        return False
+
+    def merge(self, block: RowBlock) -> Tensor:
+        if self.ratio is None:
+            raise RuntimeError("model_stock: merge() called before its statistics pass")
+        base = _base_rows(block)
+        deltas = task_vectors(base, block.models)
+        return base + self.ratio.to(base.device) * weighted_sum(deltas, [1.0 / self.n] * self.n)
+
+
+def model_stock_blocks(context: TensorContext) -> BlockMerger:
+    """Block merger of :func:`model_stock`."""
+    return _ModelStockBlocks(context.n_models)
+
+
+def _base_rows(block: RowBlock) -> Tensor:
+    if block.base is None:
+        raise PlanError(f"rows {block.start}:{block.stop}: this method needs the base model's rows")
+    return block.base
+
+
 # ---------------------------------------------------------------------------------------------------
-# Binding typed functions to the registry's MergeInputs
+# Binding typed functions to the registry's MergeInputs and TensorContext
 
 _ARGUMENT_NAMES = {"weight": "weights", "density": "densities", "gamma": "gammas", "lambda": "lam"}
 
 
-def _check_inputs(inputs: MergeInputs, params: Sequence[Param], requires_base: bool, randomized: bool) -> None:
-    """PlanError for structural problems, ConfigError for parameters the method does not take."""
-    if not inputs.models:
-        raise PlanError(f"tensor {inputs.name!r}: no models to merge")
-    if requires_base and inputs.base is None:
-        raise PlanError(f"tensor {inputs.name!r}: this method needs the base model's tensor")
-    if randomized and inputs.generator is None:
-        raise PlanError(f"tensor {inputs.name!r}: this randomized method needs a seeded generator")
-    shape = inputs.models[0].shape
-    shapes = [m.shape for m in inputs.models] + ([inputs.base.shape] if inputs.base is not None else [])
-    if any(s != shape for s in shapes):
-        raise PlanError(f"tensor {inputs.name!r}: shapes differ between inputs: {[tuple(s) for s in shapes]}")
-    for given, kind, per_model in ((inputs.per_model, "per-model", True), (inputs.params, "global", False)):
-        known = sorted(p.name for p in params if p.per_model == per_model)
+def _check_parameter_names(
+    per_model: Mapping[str, Sequence[float]], params: Mapping[str, object], specs: Sequence[Param]
+) -> None:
+    """ConfigError for parameters the method does not take."""
+    for given, kind, is_per_model in ((per_model, "per-model", True), (params, "global", False)):
+        known = sorted(p.name for p in specs if p.per_model == is_per_model)
         unknown = sorted(set(given) - set(known))
         if unknown:
             raise ConfigError(
@@ -245,12 +403,43 @@ def _check_inputs(inputs: MergeInputs, params: Sequence[Param], requires_base: b
             )
 
 
-def _per_model_values(inputs: MergeInputs, spec: Param) -> list[float]:
-    n = len(inputs.models)
-    values = inputs.per_model.get(spec.name, [spec.default] * n)
-    if len(values) != n:
-        raise ConfigError(f"parameter {spec.name!r} has {len(values)} values for {n} models")
-    return [check_param(spec, v, where=f" of model {i}") for i, v in enumerate(values)]
+def _check_inputs(inputs: MergeInputs, params: Sequence[Param], requires_base: bool, randomized: bool) -> None:
+    """PlanError for structural problems, ConfigError for parameters the method does not take."""
+    if not inputs.models:
+        raise PlanError(f"tensor {inputs.name!r}: no models to merge")
+    if requires_base and inputs.base is None:
+        raise PlanError(f"tensor {inputs.name!r}: this method needs the base model's tensor")
+    if randomized:
+        _check_generators(inputs.name, inputs.model_generators(), len(inputs.models))
+    shape = inputs.models[0].shape
+    shapes = [m.shape for m in inputs.models] + ([inputs.base.shape] if inputs.base is not None else [])
+    if any(s != shape for s in shapes):
+        raise PlanError(f"tensor {inputs.name!r}: shapes differ between inputs: {[tuple(s) for s in shapes]}")
+    _check_parameter_names(inputs.per_model, inputs.params, params)
+
+
+def _check_generators(name: str, generators: Sequence[torch.Generator] | None, n: int) -> None:
+    if generators is None:
+        raise PlanError(f"tensor {name!r}: this randomized method needs a seeded generator")
+    if len(generators) != n:
+        raise PlanError(f"tensor {name!r}: {len(generators)} generators for {n} models; give one per model")
+
+
+def _typed_arguments(
+    per_model: Mapping[str, Sequence[float]], given: Mapping[str, object], specs: Sequence[Param], n: int
+) -> dict[str, object]:
+    """Keyword arguments of a typed merge function: per-model lists and global values, all validated."""
+    kwargs: dict[str, object] = {}
+    for spec in specs:
+        argument = _ARGUMENT_NAMES.get(spec.name, spec.name)
+        if spec.per_model:
+            values = per_model.get(spec.name, [spec.default] * n)
+            if len(values) != n:
+                raise ConfigError(f"parameter {spec.name!r} has {len(values)} values for {n} models")
+            kwargs[argument] = [check_param(spec, v, where=f" of model {i}") for i, v in enumerate(values)]
+        else:
+            kwargs[argument] = check_param(spec, given.get(spec.name, spec.default))
+    return kwargs
 
 
 def _bind(
@@ -260,15 +449,9 @@ def _bind(
 
     def merge(inputs: MergeInputs) -> Tensor:
         _check_inputs(inputs, params, requires_base, randomized)
-        kwargs: dict[str, object] = {}
-        for spec in params:
-            argument = _ARGUMENT_NAMES.get(spec.name, spec.name)
-            if spec.per_model:
-                kwargs[argument] = _per_model_values(inputs, spec)
-            else:
-                kwargs[argument] = check_param(spec, inputs.params.get(spec.name, spec.default))
+        kwargs = _typed_arguments(inputs.per_model, inputs.params, params, len(inputs.models))
         if randomized:
-            kwargs["generator"] = inputs.generator
+            kwargs["generators"] = inputs.model_generators()
         if requires_base:
             return fn(inputs.base, inputs.models, **kwargs)
         return fn(inputs.models, **kwargs)
@@ -278,8 +461,29 @@ def _bind(
     return merge
 
 
+def _bind_blocks(
+    build: Callable[..., BlockMerger], params: tuple[Param, ...], *, randomized: bool
+) -> Callable[[TensorContext], BlockMerger]:
+    """``start(context)``: validate the context's parameters against ``params``, then call ``build``."""
+
+    def start(context: TensorContext) -> BlockMerger:
+        if context.n_models < 1:
+            raise PlanError(f"tensor {context.name!r}: no models to merge")
+        if randomized:
+            _check_generators(context.name, context.generators, context.n_models)
+        _check_parameter_names(context.per_model, context.params, params)
+        kwargs = _typed_arguments(context.per_model, context.params, params, context.n_models)
+        if randomized:
+            kwargs["generators"] = list(context.generators or [])
+        return build(context, **kwargs)
+
+    start.__name__ = start.__qualname__ = build.__name__
+    return start
+
+
 def _method(
     fn: Callable[..., Tensor],
+    blocks: Callable[..., BlockMerger],
     params: tuple[Param, ...],
     *,
     summary: str,
@@ -288,6 +492,8 @@ def _method(
     requires_base: bool = True,
     min_models: int = 1,
     randomized: bool = False,
+    row_wise: bool = False,
+    extra_bytes: int = 0,
 ) -> MergeMethod:
     return MergeMethod(
         name=fn.__name__,
@@ -299,6 +505,9 @@ def _method(
         requires_base=requires_base,
         min_models=min_models,
         randomized=randomized,
+        blockwise=Blockwise(
+            _bind_blocks(blocks, params, randomized=randomized), row_wise=row_wise, extra_bytes=extra_bytes
+        ),
     )
 
 
@@ -308,6 +517,7 @@ _DARE_URL = "https://arxiv.org/abs/2311.03099"
 BASELINE_METHODS: tuple[MergeMethod, ...] = (
     _method(
         linear,
+        linear_blocks,
         (WEIGHT,),
         summary="θ = Σ w_i θ_i / Σ w_i (model soup; no base needed)",
         paper="Model soups: averaging weights of multiple fine-tuned models improves accuracy without "
@@ -317,6 +527,7 @@ BASELINE_METHODS: tuple[MergeMethod, ...] = (
     ),
     _method(
         task_arithmetic,
+        task_arithmetic_blocks,
         (WEIGHT, LAMBDA),
         summary="θ = θ_0 + λ Σ w_i τ_i",
         paper="Editing Models with Task Arithmetic",
@@ -324,6 +535,7 @@ BASELINE_METHODS: tuple[MergeMethod, ...] = (
     ),
     _method(
         ties,
+        ties_blocks,
         (NONNEGATIVE_WEIGHT, replace(DENSITY, default=0.2), LAMBDA),
         summary="trim each τ_i to its top-density entries, elect signs, disjoint mean; θ = θ_0 + λ·that",
         paper="TIES-Merging: Resolving Interference When Merging Models",
@@ -331,6 +543,7 @@ BASELINE_METHODS: tuple[MergeMethod, ...] = (
     ),
     _method(
         dare_linear,
+        dare_linear_blocks,
         (WEIGHT, replace(DENSITY, default=0.5), LAMBDA),
         summary="drop entries of each τ_i w.p. 1 − density, rescale by 1/density; task arithmetic",
         paper=_DARE_PAPER,
@@ -339,6 +552,7 @@ BASELINE_METHODS: tuple[MergeMethod, ...] = (
     ),
     _method(
         dare_ties,
+        dare_ties_blocks,
         (NONNEGATIVE_WEIGHT, replace(DENSITY, default=0.5), LAMBDA),
         summary="drop entries of each τ_i w.p. 1 − density, rescale by 1/density; sign election + disjoint mean",
         paper=_DARE_PAPER,
@@ -347,15 +561,19 @@ BASELINE_METHODS: tuple[MergeMethod, ...] = (
     ),
     _method(
         della,
+        della_blocks,
         (NONNEGATIVE_WEIGHT, replace(DENSITY, default=0.5), EPSILON, LAMBDA),
         summary="per row keep-prob rises with |τ| rank from density−ε to density+ε, rescale by 1/p; "
         "sign election + disjoint mean; × λ",
         paper="DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling",
         url="https://arxiv.org/abs/2406.11617",
         randomized=True,
+        row_wise=True,
+        extra_bytes=24,  # per-row ranking: int64 argsort order, int32 keys, fp32 probabilities
     ),
     _method(
         breadcrumbs,
+        breadcrumbs_blocks,
         (WEIGHT, replace(DENSITY, default=0.1), GAMMA, LAMBDA),
         summary="per τ_i drop the largest gamma fraction, keep the next density fraction; task arithmetic",
         paper="Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks",
@@ -363,6 +581,7 @@ BASELINE_METHODS: tuple[MergeMethod, ...] = (
     ),
     _method(
         model_stock,
+        model_stock_blocks,
         (),
         summary="t = N cosθ / (1 + (N−1) cosθ) from the τ_i's mean pairwise cosine; θ = t·mean θ_i + (1−t)·θ_0",
         paper="Model Stock: All we need is just a few fine-tuned models",

@@ -18,9 +18,7 @@ def resolved_recipe(plan: MergePlan) -> dict[str, Any]:
         entry["model"] = str(reader.path.resolve())
     cfg["dtype"] = str(plan.out_dtype).removeprefix("torch.")
     cfg["layout"] = plan.layout.name
-    cfg["resolved_methods"] = {
-        key: (r.describe() if r is not None else "keep_base") for key, r in plan.methods.items()
-    }
+    cfg["resolved_methods"] = {key: (r.describe() if r is not None else "keep_base") for key, r in plan.methods.items()}
     cfg["tensor_counts"] = plan.counts()
     cfg["uqmerge_version"] = __version__
     return cfg
