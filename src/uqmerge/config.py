@@ -47,6 +47,12 @@ class LayoutRuleConfig(_Strict):
         return _check_regex(v)
 
 
+class LoraOutputConfig(_Strict):
+    """Write the merge as one peft LoRA adapter: all ranks concatenated (``rank`` null) or SVD-truncated to ``rank``."""
+
+    rank: int | None = Field(default=None, ge=1)
+
+
 def _check_regex(pattern: str) -> str:
     try:
         re.compile(pattern)
@@ -70,6 +76,7 @@ class MergeConfig(_Strict):
     layout_rules: list[LayoutRuleConfig] = Field(default_factory=list)
     seed: int = 0
     verify_keep_base: bool = True
+    lora_output: LoraOutputConfig | None = None
 
     @field_validator("include", "exclude")
     @classmethod

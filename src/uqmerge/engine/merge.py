@@ -7,7 +7,8 @@ from pathlib import Path
 
 from uqmerge.checkpoint.writer import check_output_dir
 from uqmerge.config import MergeConfig
-from uqmerge.engine.executor import MergeReport, execute_plan
+from uqmerge.engine.executor import DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_CACHE_BYTES, MergeReport, execute_plan
+from uqmerge.engine.lora_output import merge_lora_adapters
 from uqmerge.engine.plan import build_plan
 from uqmerge.engine.sinks import DiskSink
 
@@ -25,13 +26,42 @@ def merge_to_dir(
     allow_pickle: bool = False,
     allow_nonfinite: bool = False,
     quiet: bool = False,
+    max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
+    max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
 ) -> MergeReport:
-    """Merge as ``config`` says and write an HF checkpoint to ``out_dir`` (all checks run before writing)."""
+    """Merge as ``config`` says and write an HF checkpoint to ``out_dir`` (all checks run before writing).
+
+    ``max_block_bytes`` bounds the working set of one block of rows (larger tensors are merged block by block)
+    and ``max_cache_bytes`` the stored inputs kept between statistics passes (see :mod:`uqmerge.engine.executor`).
+
+    With ``lora_output:`` in the config the result is one peft LoRA adapter instead (a single file, so
+    ``max_shard_size`` and ``max_block_bytes`` do not apply): see
+    :func:`uqmerge.engine.lora_output.merge_lora_adapters`.
+    """
+    if config.lora_output is not None:
+        return merge_lora_adapters(
+            config,
+            out_dir,
+            rank=config.lora_output.rank,
+            device=device,
+            force=force,
+            allow_pickle=allow_pickle,
+            allow_nonfinite=allow_nonfinite,
+            quiet=quiet,
+        )
     out = Path(out_dir)
     check_output_dir(out, force=force)
     plan = build_plan(config, allow_pickle=allow_pickle)
     log.info("planned %d tensors: %s", len(plan.tasks), plan.counts())
     sink = DiskSink(plan, out, max_shard_size=max_shard_size, force=force)
-    report = execute_plan(plan, sink, device=device, allow_nonfinite=allow_nonfinite, quiet=quiet)
+    report = execute_plan(
+        plan,
+        sink,
+        device=device,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+        max_block_bytes=max_block_bytes,
+        max_cache_bytes=max_cache_bytes,
+    )
     log.info("wrote %s (%d tensors, %.1f MB read)", out, report.tensors, report.bytes_read / 1e6)
     return report

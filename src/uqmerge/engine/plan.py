@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from uqmerge.checkpoint.layouts import Classification, Layout, Rule, detect_layout, get_layout
+from uqmerge.checkpoint.lora import ModelReader, is_lora_adapter, open_base, open_model
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import TensorSpec
 from uqmerge.config import MergeConfig
@@ -39,7 +40,7 @@ class MergePlan:
 
     config: MergeConfig
     base: CheckpointReader
-    models: list[CheckpointReader]
+    models: list[ModelReader]
     layout: Layout
     tasks: list[TensorTask]
     methods: dict[str, ResolvedMethod | None]
@@ -93,9 +94,7 @@ def check_coverage(base: CheckpointReader, models: list[CheckpointReader]) -> No
         missing = sorted(base_names - names)
         extra = sorted(names - base_names)
         if missing:
-            raise PlanError(
-                f"{m.path}: missing {len(missing)} tensor(s) that the base has, e.g. {missing[:5]}"
-            )
+            raise PlanError(f"{m.path}: missing {len(missing)} tensor(s) that the base has, e.g. {missing[:5]}")
         if extra:
             raise PlanError(
                 f"{m.path}: has {len(extra)} tensor(s) the base {base.path} lacks, e.g. {extra[:5]}; they would be "
@@ -143,6 +142,13 @@ def _action_for(
     return methods["*"]
 
 
+def _open_models(config: MergeConfig, base: CheckpointReader | None, *, allow_pickle: bool) -> list[ModelReader]:
+    """Readers of the ``models:`` entries; a peft LoRA adapter dir is read as base + (α/r)·B·A over ``base``."""
+    paths = [_path(m.model) for m in config.models]
+    layout = _layout_for(config, base) if base is not None and any(map(is_lora_adapter, paths)) else None
+    return [open_model(p, base, layout, allow_pickle=allow_pickle) for p in paths]
+
+
 def build_plan(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
     """Validate the config against the checkpoints' headers and plan every output tensor."""
     methods = resolve_config_methods(config)
@@ -150,12 +156,9 @@ def build_plan(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
     if needs_base and config.base_model is None:
         used = sorted({r.method.name for r in methods.values() if r is not None and r.method.requires_base})
         raise ConfigError(f"method(s) {used} need `base_model:` (task vectors are differences from the base)")
-    models = [CheckpointReader(_path(m.model), allow_pickle=allow_pickle) for m in config.models]
-    base = (
-        CheckpointReader(_path(config.base_model), allow_pickle=allow_pickle)
-        if config.base_model
-        else models[0]
-    )
+    given_base = open_base(_path(config.base_model), allow_pickle=allow_pickle) if config.base_model else None
+    models = _open_models(config, given_base, allow_pickle=allow_pickle)
+    base = given_base if given_base is not None else models[0]
     check_same_architecture(base, models)
     layout = _layout_for(config, base)
     classes = layout.classify_all(base.names)
@@ -166,9 +169,7 @@ def build_plan(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
         info = base.info(name)
         floating = info.dtype.is_floating_point
         action = _action_for(name, classes[name], config, methods) if floating else None
-        tasks.append(
-            TensorTask(name, classes[name], info.shape, out_dtype if floating else info.dtype, action)
-        )
+        tasks.append(TensorTask(name, classes[name], info.shape, out_dtype if floating else info.dtype, action))
     return MergePlan(config, base, models, layout, tasks, methods, out_dtype)
 
 
