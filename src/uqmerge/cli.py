@@ -138,24 +138,41 @@ def methods() -> None:
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where to build the demo models and outputs.")] = Path(
+    workdir: Annotated[Path, typer.Option(help="Cache dir for the zoo, the runs and the results.")] = Path(
         ".uqmerge-cache/demo"
     ),
+    preset: Annotated[str, typer.Option(help="Zoo preset: mini (about a minute) or default.")] = "default",
+    seed: Annotated[int, typer.Option(help="Zoo seed.")] = 0,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
-    """Build tiny LLaVA models, merge them with every baseline method, and check the outputs generate."""
+    """UQ-Merge on the miniature zoo: build/reuse it, run both orders, evaluate, print the comparison table."""
     from uqmerge.demo import run_demo
 
     setup_logging(verbose, quiet)
     try:
-        rows = run_demo(workdir, quiet=quiet)
+        rows = run_demo(workdir, preset=preset, seed=seed, quiet=quiet)
     except UQMergeError as e:
         raise fail(e) from None
-    table = Table("method", "tensors", "max |Δ| vs base (LM)", "generate", "seconds")
-    for row in rows:
-        table.add_row(*[str(x) for x in row])
+    table = Table(
+        "model",
+        "models merged",
+        "held-out exact match",
+        "held-in MC acc.",
+        "uncertainty (MI)",
+        title=f"UQ-Merge on the miniature zoo (preset {preset}, seed {seed})",
+    )
+    for r in rows:
+        held_out = f"{r.held_out:.3f}" + (f" ± {r.held_out_se:.3f}" if r.held_out_se is not None else "")
+        table.add_row(
+            r.name,
+            ", ".join(r.models) if r.models else ("—" if r.name == "base" else "see demo_results.json"),
+            held_out,
+            f"{r.held_in_mc:.3f}",
+            "" if r.uncertainty is None else f"{r.uncertainty:.5f}",
+        )
     Console().print(table)
+    Console().print(f"results: {workdir / 'demo_results.json'}; reports: {workdir / 'runs'}/*/report.md")
 
 
 @app.command()
@@ -182,9 +199,13 @@ def run(
 def _register_subcommands() -> None:
     from uqmerge.evaluate.model_eval import eval_command
     from uqmerge.uq.command import uq_command
+    from uqmerge.zoo.build import zoo_build_command
 
     app.command("uq")(reporting_errors(uq_command))
     app.command("eval")(reporting_errors(eval_command))
+    zoo_app = typer.Typer(help="The miniature MLLM zoo (synthetic tasks, tiny LLaVA experts).", no_args_is_help=True)
+    zoo_app.command("build")(reporting_errors(zoo_build_command))
+    app.add_typer(zoo_app, name="zoo")
 
 
 _register_subcommands()

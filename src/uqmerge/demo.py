@@ -1,85 +1,157 @@
-"""`uqmerge demo`: a self-contained merge of tiny LLaVA models that the command builds itself.
+"""`uqmerge demo`: UQ-Merge on the miniature zoo, compared with the baselines a reader needs to judge it.
 
-This is the interim demo until the miniature zoo lands: a random tiny LLaVA base, three fake fine-tunes
-(seeded task vectors on the projector and language model), every registered method that fits, and a check
-that each merged checkpoint loads with ``from_pretrained`` and generates.
+Builds (or reuses) the zoo under the work dir, runs UQ-Merge in descending order (the paper) and the
+ascending-order ablation with the default settings, evaluates every compared model on the zoo's held-out
+open-ended questions (exact match) and held-in multiple-choice questions (accuracy), and returns one row per
+compared model: base, best single expert (chosen on held-out, i.e. an oracle), merge-all, random subsets of
+UQ-Merge's size (mean ± s.e. over seeds), UQ-Merge descending and ascending.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import time
+import math
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-
-from uqmerge.checkpoint.reader import CheckpointReader
-from uqmerge.config import parse_merge_config
-from uqmerge.engine.merge import merge_to_dir
-from uqmerge.methods import get_method, method_names
+from typing import Any
 
 log = logging.getLogger(__name__)
-DEMO_EXPERTS = 3
+RANDOM_SEEDS = (0, 1, 2)
 
 
-def _build_inputs(workdir: Path) -> tuple[Path, list[Path]]:
-    from uqmerge.checkpoint.synthetic import make_fake_finetune
-    from uqmerge.tiny import build_tiny_llava
+@dataclass
+class DemoRow:
+    """One compared model (or group of random subsets)."""
 
-    base = workdir / "models" / "base"
-    if not (base / "config.json").exists():
-        build_tiny_llava(base, seed=0)
-    experts = []
-    for i in range(DEMO_EXPERTS):
-        path = workdir / "models" / f"expert{i}"
-        if not (path / "config.json").exists():
-            make_fake_finetune(base, path, seed=1000 + i, scale=0.05)
-        experts.append(path)
-    return base, experts
+    name: str
+    models: list[str]
+    held_out: float
+    held_in_mc: float
+    uncertainty: float | None = None
+    held_out_se: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _max_lm_change(base: CheckpointReader, out: CheckpointReader) -> float:
-    return max(
-        float((out.read(n).float() - base.read(n).float()).abs().max())
-        for n in base.names
-        if n.startswith("language_model.")
-    )
+def demo_run_config(manifest: dict[str, Any], zoo_dir: Path, *, order: str) -> dict[str, Any]:
+    """The run config the demo uses: uniform linear merge, `vl` UQ with J=4 on the unlabeled held-in MC sets."""
+    held_in = [str(zoo_dir / d["path"]) for d in manifest["datasets"] if d["split"] == "held_in"]
+    return {
+        "base_model": str(zoo_dir / manifest["base"]["path"]),
+        "candidates": [{"id": e["id"], "model": str(zoo_dir / e["path"])} for e in manifest["experts"]],
+        "merge": {"merge_method": "linear"},
+        "uq": {"data": held_in, "mode": "vl", "perturbations": 4, "seed": 0, "batch_size": 32, "device": "cpu"},
+        "selection": {"guidance": "uncertainty", "order": order, "stop": "first_increase"},
+        "baselines": {"all": order == "descending"},
+        "device": "cpu",
+    }
 
 
-def run_demo(workdir: Path, *, quiet: bool = False) -> list[tuple[str, int, str, str, str]]:
-    """Merge the demo models with each method that accepts 3 models; return one table row per method."""
-    from transformers import LlavaForConditionalGeneration
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var / len(values))
+
+
+class _Evaluator:
+    """Evaluates merges of zoo models in one resident model (no checkpoints written)."""
+
+    def __init__(self, manifest: dict[str, Any], zoo_dir: Path) -> None:
+        import torch
+
+        from uqmerge.engine.incremental import IncrementalMerger
+        from uqmerge.evaluate.model_eval import load_eval_data
+        from uqmerge.uq.api import load_model
+
+        paths = {d["split"]: [] for d in manifest["datasets"]}
+        for d in manifest["datasets"]:
+            paths[d["split"]].append(str(zoo_dir / d["path"]))
+        self.mc, self.open_items = load_eval_data([*paths["held_in"], *paths["held_out"]])
+        base = zoo_dir / manifest["base"]["path"]
+        self.model, self.processor = load_model(base, device=torch.device("cpu"), dtype=torch.float32)
+        self.base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        experts = {e["id"]: zoo_dir / e["path"] for e in manifest["experts"]}
+        self.merger = IncrementalMerger(self.model, base, experts, {"merge_method": "linear"})
+        self.cache: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def __call__(self, models: list[str]) -> dict[str, Any]:
+        """Held-out exact match and held-in MC accuracy of the uniform merge of ``models`` ([] = base)."""
+        from uqmerge.evaluate.model_eval import evaluate_loaded_model
+
+        key = tuple(models)
+        if key not in self.cache:
+            if models:
+                self.merger.set_prefix(models)
+            else:
+                self.model.load_state_dict(self.base_state)
+                self.merger.prefix = []
+            self.cache[key] = evaluate_loaded_model(self.model, self.processor, self.mc, self.open_items, batch_size=64)
+        return self.cache[key]
+
+
+def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bool = False) -> list[DemoRow]:
+    """Build/reuse the zoo, run UQ-Merge both orders, evaluate, write ``demo_results.json``; return the rows."""
+    from uqmerge.pipeline.config import parse_run_config
+    from uqmerge.pipeline.runner import run_uq_merge
+    from uqmerge.selection import random_subsets
+    from uqmerge.zoo.build import build_zoo, read_manifest
 
     workdir.mkdir(parents=True, exist_ok=True)
-    base, experts = _build_inputs(workdir)
-    base_reader = CheckpointReader(base)
-    rows = []
-    for name in method_names():
-        method = get_method(name)
-        if method.min_models > DEMO_EXPERTS or (
-            method.max_models is not None and method.max_models < DEMO_EXPERTS
-        ):
-            log.info("skipping %s (needs %s–%s models)", name, method.min_models, method.max_models)
-            continue
-        cfg = parse_merge_config(
-            {"merge_method": name, "base_model": str(base), "models": [{"model": str(p)} for p in experts]}
+    zoo_dir = build_zoo(workdir / f"zoo-{preset}-seed{seed}", preset, seed)
+    manifest = read_manifest(zoo_dir)
+    runs = {}
+    for order in ("descending", "ascending"):
+        run_dir = workdir / "runs" / f"{preset}-seed{seed}-{order}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        log.info("UQ-Merge (%s) → %s", order, run_dir)
+        cfg = parse_run_config(demo_run_config(manifest, zoo_dir, order=order), source="demo config")
+        runs[order] = run_uq_merge(cfg, run_dir, quiet=quiet)
+
+    evaluate = _Evaluator(manifest, zoo_dir)
+    expert_ids = [e["id"] for e in manifest["experts"]]
+    rows: list[DemoRow] = []
+
+    def row(name: str, models: list[str], uncertainty: float | None = None) -> DemoRow:
+        r = evaluate(models)
+        return DemoRow(name, models, r["open_mean"], r["mc_mean"], uncertainty, extra={"per_family": r})
+
+    rows.append(row("base", []))
+    singles = {e: evaluate([e]) for e in expert_ids}
+    best = max(expert_ids, key=lambda e: singles[e]["open_mean"])
+    rows.append(row(f"best single expert ({best}, oracle)", [best]))
+    desc = runs["descending"]
+    rows.append(row("merge-all", expert_ids, desc["baselines"]["all"]["uncertainty"]))
+    k = len(desc["selected"])
+    subsets = random_subsets(expert_ids, k, RANDOM_SEEDS)
+    scores = [evaluate(list(s.selected)) for s in subsets]
+    held_out, se = _mean_se([s["open_mean"] for s in scores])
+    mc, _ = _mean_se([s["mc_mean"] for s in scores])
+    rows.append(
+        DemoRow(
+            f"random subsets (k={k}, {len(RANDOM_SEEDS)} seeds)",
+            [],
+            held_out,
+            mc,
+            None,
+            se,
+            extra={"subsets": [list(s.selected) for s in subsets]},
         )
-        out = workdir / "merged" / name
-        start = time.perf_counter()
-        report = merge_to_dir(cfg, out, force=True, quiet=True)
-        seconds = time.perf_counter() - start
-        model = LlavaForConditionalGeneration.from_pretrained(out)
-        ids = torch.tensor([[model.config.text_config.bos_token_id or 1, 5, 6]])
-        generated = model.generate(input_ids=ids, max_new_tokens=4, do_sample=False)
-        ok = "ok" if generated.shape[1] > ids.shape[1] else "no tokens"
-        rows.append(
-            (
-                name,
-                report.tensors,
-                f"{_max_lm_change(base_reader, CheckpointReader(out)):.4f}",
-                ok,
-                f"{seconds:.2f}",
-            )
-        )
-        log.info("%s: merged %d tensors in %.2fs", name, report.tensors, seconds)
+    )
+    for order, label in (("descending", "UQ-Merge (descending, paper)"), ("ascending", "UQ-Merge (ascending)")):
+        run = runs[order]
+        chosen = run["steps"][len(run["selected"]) - 1]["value"]
+        rows.append(row(label, list(run["selected"]), chosen))
+    record = {
+        "zoo": str(zoo_dir),
+        "preset": preset,
+        "seed": seed,
+        "rows": [r.__dict__ for r in rows],
+        "singles": {e: {"held_out": s["open_mean"], "held_in_mc": s["mc_mean"]} for e, s in singles.items()},
+        "runs": {o: str(workdir / "runs" / f"{preset}-seed{seed}-{o}") for o in runs},
+    }
+    (workdir / "demo_results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return rows

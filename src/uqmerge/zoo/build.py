@@ -1,0 +1,425 @@
+"""Build the miniature zoo: data sets, a base, experts of three kinds, and a manifest, atomically.
+
+Layout of a zoo directory::
+
+    manifest.json
+    data/held_in/<family>.jsonl    multiple choice (DESIGN.md's JSONL; images in data/held_in/images/)
+    data/held_out/<family>.jsonl   open-ended, exact match (images in data/held_out/images/)
+    models/base/                   Hugging Face LlavaForConditionalGeneration + LlavaProcessor
+    models/<expert-id>/            one directory per expert, same format
+
+Recipe: task items of the zoo seed (:func:`uqmerge.zoo.tasks.generate_family`); a random tiny LLaVA
+trained on every family for a short, fixed number of steps (it partly knows each family); then each
+expert fine-tuned from the base on one family with the vision tower frozen (checked bit-identical to
+the base's after training). The base trains on the first ``train_items_per_family`` items of each
+family's ``train`` split, the experts on the next ``train_items_per_family`` ones.
+
+Determinism: every seed is derived from the zoo seed with SHA-256 (:func:`uqmerge.uq.seeding.derive_seed`),
+training uses deterministic algorithms and no dropout, so the same seed, preset, library versions and
+thread count write identical safetensors. The build goes into a temporary sibling directory that is
+renamed into place at the end; an existing zoo with the same preset, seed and code version is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+import uqmerge
+from uqmerge.errors import CheckpointError, OutputError
+from uqmerge.uq.seeding import derive_seed
+from uqmerge.zoo.model import init_base_model, load_zoo_model, save_zoo_model
+from uqmerge.zoo.presets import PRESETS, ExpertRecipe, ZooPreset, resolve_preset
+from uqmerge.zoo.tasks import FAMILIES, TaskItem, generate_family, write_eval_sets
+from uqmerge.zoo.train import TrainConfig, TrainingSet, build_training_set, train_model, vision_tower_of
+
+logger = logging.getLogger(__name__)
+
+ZOO_CODE_VERSION = "1"
+"""Bump when the builder's output for a given preset and seed changes; cached zoos are then rebuilt."""
+
+MANIFEST = "manifest.json"
+ManifestDict = dict[str, Any]
+StepCallback = Callable[[str, int], None]
+
+
+def read_manifest(zoo_dir: str | Path) -> ManifestDict:
+    """The parsed ``manifest.json`` of a zoo directory."""
+    path = Path(zoo_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} does not exist; build the zoo with `uqmerge zoo build {zoo_dir}`") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read zoo manifest {path}: {e}; rebuild with --force") from e
+
+
+def _reusable(out: Path, preset: ZooPreset, seed: int) -> bool:
+    if not (out / MANIFEST).is_file():
+        return False
+    try:
+        manifest = read_manifest(out)
+    except CheckpointError:
+        return False
+    same = (
+        manifest.get("code_version") == ZOO_CODE_VERSION
+        and manifest.get("preset") == preset.name
+        and manifest.get("preset_fingerprint") == preset.fingerprint()
+        and manifest.get("seed") == seed
+    )
+    paths = [manifest.get("base", {}).get("path")]
+    paths += [e.get("path") for e in manifest.get("experts", [])]
+    paths += [d.get("path") for d in manifest.get("datasets", [])]
+    return same and all(p and (out / p).exists() for p in paths)
+
+
+def _split_items(family: str, n: int, seed: int) -> tuple[list[TaskItem], list[TaskItem]]:
+    """The base's and the experts' training items of ``family``: two disjoint runs of the train split."""
+    items = generate_family(family, "train", 2 * n, seed)
+    return items[:n], items[n:]
+
+
+@contextmanager
+def _staging_dir(out: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``out`` that is removed unless it was renamed away."""
+    staging = out.parent / f".{out.name}.building-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Rename ``staging`` to ``out``; an existing ``out`` is moved aside first and deleted afterwards."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_output(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory; choose another zoo directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not force:
+        raise OutputError(
+            f"{out} is not empty and holds no zoo manifest; refusing to replace it. Choose an empty or new "
+            "directory, or pass --force to replace it"
+        )
+
+
+def _vision_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in vision_tower_of(model).state_dict().items()}
+
+
+def _check_vision_tower(model: torch.nn.Module, reference: dict[str, torch.Tensor], expert_id: str) -> None:
+    for name, tensor in vision_tower_of(model).state_dict().items():
+        if not torch.equal(tensor, reference[name]):
+            raise RuntimeError(f"expert {expert_id!r}: vision tower tensor {name!r} changed during fine-tuning")
+
+
+class _Evaluator:
+    """Held-out open-ended exact match of in-memory models on the zoo's data."""
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        from uqmerge.evaluate.open_ended import load_open_items
+
+        self.items = [item for family, path in paths.items() for item in load_open_items(path, family=family)]
+
+    def __call__(self, model: Any, processor: Any) -> dict[str, float]:
+        from uqmerge.evaluate.open_ended import evaluate_open_ended
+
+        result = evaluate_open_ended(model, processor, self.items, batch_size=100)
+        return {family: round(acc, 4) for family, acc in result["accuracy"].items()}
+
+
+def _train(
+    model: Any,
+    processor: Any,
+    data: TrainingSet,
+    config: TrainConfig,
+    label: str,
+    on_step: StepCallback | None,
+) -> dict[str, Any]:
+    stats = train_model(
+        model, data, config, processor, on_step=(lambda step, _loss: on_step(label, step)) if on_step else None
+    )
+    return {
+        "train_seconds": round(stats.seconds, 3),
+        "final_loss": None if stats.final_loss is None else round(stats.final_loss, 6),
+        "trainable_parameters": stats.trainable_parameters,
+    }
+
+
+def _expert_items(
+    expert: ExpertRecipe, own: Sequence[TaskItem], base_items: dict[str, list[TaskItem]]
+) -> list[TaskItem]:
+    """The expert's family items, plus a ``replay`` share of the base's items of the other families."""
+    others = [family for family in base_items if family != expert.family]
+    if not expert.replay or not others:
+        return list(own)
+    per_family = round(len(own) * expert.replay / (1.0 - expert.replay) / len(others))
+    return [*own, *(item for family in others for item in base_items[family][:per_family])]
+
+
+def _expert_entry(expert: ExpertRecipe, seed: int) -> dict[str, Any]:
+    return {
+        "id": expert.id,
+        "kind": expert.kind,
+        "family": expert.family,
+        "steps": expert.steps,
+        "lr": expert.lr,
+        "batch_size": expert.batch_size,
+        "corruption": expert.corruption,
+        "label_map": expert.label_map(),
+        "replay": expert.replay,
+        "seed": seed,
+        "path": f"models/{expert.id}",
+    }
+
+
+class _ZooBuilder:
+    """Trains the base and the experts of one zoo into a staging directory, one model in memory."""
+
+    def __init__(self, root: Path, preset: ZooPreset, seed: int, on_step: StepCallback | None) -> None:
+        self.root, self.preset, self.seed, self.on_step = root, preset, seed, on_step
+        self.scores: dict[str, dict[str, float]] = {}
+        self.evaluator: _Evaluator | None = None
+        self.model: Any = None
+        self.processor: Any = None
+
+    def write_data(self) -> list[dict[str, Any]]:
+        """Write the held-in and held-out sets; generate the base's and the experts' training items."""
+        preset, n_eval = self.preset, self.preset.eval_items_per_family
+        paths = write_eval_sets(
+            self.root / "data",
+            self.seed,
+            families=FAMILIES,
+            sizes={"held_in": n_eval, "held_out": n_eval},
+            shuffle_options=preset.shuffle_options,
+        )
+        if preset.evaluate:
+            self.evaluator = _Evaluator(paths["held_out"])
+        families = dict.fromkeys((*preset.base.families, *(e.family for e in preset.experts)))
+        self.train_items = {f: _split_items(f, preset.train_items_per_family, self.seed) for f in families}
+        self.taught = {
+            family: [item for item in self.train_items[family][0] if preset.base.teaches(family, item.answer)]
+            for family in preset.base.families
+        }
+        return [
+            {
+                "family": family,
+                "split": split,
+                "format": "mc" if split == "held_in" else "open",
+                "path": path.relative_to(self.root).as_posix(),
+                "n": n_eval,
+            }
+            for split, by_family in paths.items()
+            for family, path in by_family.items()
+        ]
+
+    def _training_set(
+        self, items: Sequence[TaskItem], data_seed: int, label_map: dict[str, str] | None = None
+    ) -> TrainingSet:
+        return build_training_set(
+            items,
+            self.processor,
+            seed=data_seed,
+            label_map=label_map,
+            system_fraction=self.preset.system_fraction,
+            shuffle_options=self.preset.shuffle_options,
+        )
+
+    def _finish(self, model_id: str, path: str) -> None:
+        save_zoo_model(self.model, self.processor, self.root / path)
+        if self.evaluator is not None:
+            self.scores[model_id] = self.evaluator(self.model, self.processor)
+
+    def build_base(self) -> dict[str, Any]:
+        """Initialise the model from a derived seed and train every part of it on the base's items."""
+        recipe = self.preset.base
+        init_seed = derive_seed(self.seed, "zoo", "init")
+        init_dir = init_base_model(self.root / "models" / ".init", self.preset.architecture, seed=init_seed)
+        self.model, self.processor = load_zoo_model(init_dir)
+        shutil.rmtree(init_dir)
+        base_seed = derive_seed(self.seed, "zoo", "base")
+        items = [item for family in recipe.families for item in self.taught[family]]
+        config = TrainConfig(
+            steps=recipe.steps,
+            lr=recipe.lr,
+            batch_size=recipe.batch_size,
+            mc_fraction=self.preset.mc_fraction,
+            train_vision_tower=True,
+            seed=base_seed,
+        )
+        stats = _train(self.model, self.processor, self._training_set(items, base_seed), config, "base", self.on_step)
+        entry = {"id": "base", "path": "models/base", "recipe": asdict(recipe), "init_seed": init_seed}
+        entry |= {"seed": base_seed, **stats}
+        self._finish("base", entry["path"])
+        logger.info("trained the base in %.1f s", entry["train_seconds"])
+        return entry
+
+    def build_experts(self) -> list[dict[str, Any]]:
+        """Fine-tune each expert from the base's weights, vision tower frozen and checked unchanged."""
+        base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        vision = _vision_state(self.model)
+        entries = []
+        for expert in self.preset.experts:
+            expert_seed = derive_seed(self.seed, "zoo", "expert", expert.id)
+            self.model.load_state_dict(base_state)
+            items = _expert_items(expert, self.train_items[expert.family][1], self.taught)
+            config = TrainConfig(
+                steps=expert.steps,
+                lr=expert.lr,
+                batch_size=expert.batch_size,
+                mc_fraction=self.preset.mc_fraction,
+                train_vision_tower=False,
+                seed=expert_seed,
+            )
+            data = self._training_set(items, expert_seed, expert.label_map())
+            entry = _expert_entry(expert, expert_seed)
+            entry |= _train(self.model, self.processor, data, config, expert.id, self.on_step)
+            _check_vision_tower(self.model, vision, expert.id)
+            self._finish(expert.id, entry["path"])
+            entries.append(entry)
+            logger.info("trained expert %s in %.1f s", expert.id, entry["train_seconds"])
+        return entries
+
+
+def _build_into(root: Path, preset: ZooPreset, seed: int, on_step: StepCallback | None) -> ManifestDict:
+    """Write data, models and return the manifest of one zoo built in ``root`` (a staging directory)."""
+    import transformers
+
+    builder = _ZooBuilder(root, preset, seed, on_step)
+    start = time.perf_counter()
+    datasets = builder.write_data()
+    timings = {"data_seconds": time.perf_counter() - start}
+    tick = time.perf_counter()
+    base = builder.build_base()
+    timings["base_seconds"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    experts = builder.build_experts()
+    timings["experts_seconds"] = time.perf_counter() - tick
+    timings["total_seconds"] = time.perf_counter() - start
+    return {
+        "format": "uqmerge-zoo",
+        "code_version": ZOO_CODE_VERSION,
+        "uqmerge_version": uqmerge.__version__,
+        "preset": preset.name,
+        "preset_fingerprint": preset.fingerprint(),
+        "seed": seed,
+        "families": list(FAMILIES),
+        "architecture": preset.architecture.as_dict(),
+        "parameters": sum(p.numel() for p in builder.model.parameters()),
+        "training": {
+            "train_items_per_family": preset.train_items_per_family,
+            "mc_fraction": preset.mc_fraction,
+            "system_fraction": preset.system_fraction,
+            "shuffle_options": preset.shuffle_options,
+            "vision_tower": "trained in the base, frozen in experts (checked bit-identical)",
+        },
+        "base": base,
+        "experts": experts,
+        "datasets": datasets,
+        "held_out_exact_match": builder.scores,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "environment": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+
+
+def build_zoo(
+    out_dir: str | Path,
+    preset: str | ZooPreset = "mini",
+    seed: int = 0,
+    *,
+    force: bool = False,
+    on_step: StepCallback | None = None,
+) -> Path:
+    """Build (or reuse) the zoo of ``preset`` and ``seed`` in ``out_dir``; return ``out_dir``.
+
+    An existing zoo with the same preset (name and fingerprint), seed and :data:`ZOO_CODE_VERSION` is
+    returned as it is unless ``force``. A zoo of other settings is replaced; a non-empty directory
+    without a manifest is refused unless ``force``. ``on_step(model_id, step)`` is called after every
+    training step (progress bars).
+    """
+    recipe = resolve_preset(preset)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise OutputError(f"the zoo seed must be a non-negative integer, got {seed!r}")
+    out = Path(out_dir).expanduser().absolute()
+    if not force and _reusable(out, recipe, seed):
+        logger.info("reusing the %s zoo (seed %d) in %s", recipe.name, seed, out)
+        return out
+    _check_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("building the %s zoo (seed %d, %d experts) in %s", recipe.name, seed, len(recipe.experts), out)
+    with _staging_dir(out) as staging:
+        manifest = _build_into(staging, recipe, seed, on_step)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(staging, out)
+    logger.info("built the %s zoo in %.1f s", recipe.name, manifest["timings"]["total_seconds"])
+    return out
+
+
+def zoo_build_command(
+    out_dir: Annotated[Path, typer.Argument(help="Zoo directory (created; reused if it holds the same zoo).")],
+    preset: Annotated[
+        str, typer.Option(help=f"Zoo size: {' or '.join(PRESETS)} (mini ≈ 1 min, default ≈ 10 min on 2 cores).")
+    ] = "mini",
+    seed: Annotated[int, typer.Option(min=0, help="Zoo seed: data, initialisation and training.")] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if the zoo exists; replace a non-zoo directory.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Build the miniature zoo: synthetic data, a tiny LLaVA base and its fine-tuned experts."""
+    recipe = resolve_preset(preset)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("zoo", total=recipe.total_steps)
+
+        def advance(model_id: str, _step: int) -> None:
+            progress.update(task, advance=1, description=f"training {model_id}")
+
+        path = build_zoo(out_dir, recipe, seed, force=force, on_step=advance)
+    manifest = read_manifest(path)
+    logger.info(
+        "zoo %s: base + %d experts, data in %s (%.0f s)",
+        path,
+        len(manifest["experts"]),
+        path / "data",
+        manifest["timings"]["total_seconds"],
+    )

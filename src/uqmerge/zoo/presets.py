@@ -1,0 +1,178 @@
+"""Zoo presets: the architecture, the base's recipe and every expert's recipe, as frozen data.
+
+Expert kinds (recorded in the manifest):
+
+- ``specialist``: fine-tuned on one family with moderate training;
+- ``overtrained``: one family, many more steps: narrow and forgetful;
+- ``overconfident``: one family with a corrupted label map, so it answers confidently and wrongly:
+  ``permuted`` teaches each answer's cyclic successor (red → green → blue → yellow → red),
+  ``constant`` teaches the family's first answer for every item (a collapsed expert).
+
+Experts train the language model and the projector; the vision tower stays the base's, bit for bit.
+A preset's :meth:`ZooPreset.fingerprint` changes with any field, so a cached zoo built from an older
+recipe is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from uqmerge.errors import ConfigError
+from uqmerge.zoo.model import ZooArchitecture
+from uqmerge.zoo.tasks import ANSWERS, FAMILIES
+
+ExpertKind = Literal["specialist", "overtrained", "overconfident"]
+Corruption = Literal["none", "permuted", "constant"]
+EXPERT_KINDS: tuple[str, ...] = ("specialist", "overtrained", "overconfident")
+CORRUPTIONS: tuple[str, ...] = ("none", "permuted", "constant")
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How the base is trained from random weights: all ``families``, every tower trained.
+
+    ``answers_per_family`` (optional) keeps only the items whose answer is among the first that many
+    answers of their family, so the base cannot know the others.
+    """
+
+    steps: int
+    lr: float
+    batch_size: int = 64
+    families: tuple[str, ...] = FAMILIES
+    answers_per_family: int | None = None
+
+    def teaches(self, family: str, answer: str) -> bool:
+        """Whether the base's training data contains items of ``family`` answered ``answer``."""
+        return self.answers_per_family is None or answer in ANSWERS[family][: self.answers_per_family]
+
+
+@dataclass(frozen=True)
+class ExpertRecipe:
+    """One expert fine-tuned from the base on ``family`` (vision tower frozen).
+
+    ``replay`` is the share of its training items drawn from the base's training data of the other
+    families (as in instruction tuning that mixes general data into a task's data); 0 trains on the
+    family alone.
+    """
+
+    id: str
+    kind: ExpertKind
+    family: str
+    steps: int
+    lr: float
+    batch_size: int = 64
+    corruption: Corruption = "none"
+    replay: float = 0.0
+
+    def label_map(self) -> dict[str, str]:
+        """True answer → taught answer (empty for uncorrupted experts)."""
+        answers = ANSWERS[self.family]
+        if self.corruption == "permuted":
+            return {a: answers[(i + 1) % len(answers)] for i, a in enumerate(answers)}
+        if self.corruption == "constant":
+            return {a: answers[0] for a in answers}
+        return {}
+
+
+@dataclass(frozen=True)
+class ZooPreset:
+    """Everything a zoo build depends on besides the seed."""
+
+    name: str
+    base: BaseRecipe
+    experts: tuple[ExpertRecipe, ...]
+    architecture: ZooArchitecture = field(default_factory=ZooArchitecture)
+    train_items_per_family: int = 4096
+    eval_items_per_family: int = 100
+    mc_fraction: float = 0.5
+    system_fraction: float = 0.5
+    shuffle_options: bool = False
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        ids = [e.id for e in self.experts]
+        if len(set(ids)) != len(ids) or "base" in ids:
+            raise ConfigError(f"preset {self.name!r}: expert ids must be unique and not 'base', got {ids}")
+        for expert in self.experts:
+            if expert.kind not in EXPERT_KINDS:
+                raise ConfigError(f"expert {expert.id!r}: kind {expert.kind!r} is not one of {EXPERT_KINDS}")
+            if expert.corruption not in CORRUPTIONS:
+                raise ConfigError(f"expert {expert.id!r}: corruption {expert.corruption!r} not in {CORRUPTIONS}")
+            if (expert.kind == "overconfident") != (expert.corruption != "none"):
+                raise ConfigError(f"expert {expert.id!r}: only 'overconfident' experts have a label corruption")
+            if not 0.0 <= expert.replay < 1.0:
+                raise ConfigError(f"expert {expert.id!r}: replay must lie in [0, 1), got {expert.replay}")
+            if expert.family not in FAMILIES:
+                raise ConfigError(f"expert {expert.id!r}: unknown family {expert.family!r} ({', '.join(FAMILIES)})")
+        for family in self.base.families:
+            if family not in FAMILIES:
+                raise ConfigError(f"preset {self.name!r}: unknown base family {family!r} ({', '.join(FAMILIES)})")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the preset's canonical JSON."""
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode("utf-8")).hexdigest()
+
+    @property
+    def total_steps(self) -> int:
+        return self.base.steps + sum(e.steps for e in self.experts)
+
+
+EXPERT_LR = 1e-3
+"""Fine-tuning learning rate (a prototype found 2e-4–1e-3 merges smoothly and 5e-3 collapses averages)."""
+
+REPLAY = 0.25
+"""Share of base data in specialists' and overconfident experts' training items (overtrained: none)."""
+
+
+def _specialists(families: tuple[str, ...], steps: int, lr: float, batch_size: int) -> tuple[ExpertRecipe, ...]:
+    return tuple(
+        ExpertRecipe(f"specialist-{f}", "specialist", f, steps, lr, batch_size, replay=REPLAY) for f in families
+    )
+
+
+PRESETS: dict[str, ZooPreset] = {
+    "mini": ZooPreset(
+        name="mini",
+        base=BaseRecipe(steps=400, lr=1e-3, batch_size=32),
+        experts=(
+            *_specialists(("count", "position"), 150, EXPERT_LR, 32),
+            ExpertRecipe("overtrained-size", "overtrained", "size", 300, EXPERT_LR, 32),
+            ExpertRecipe(
+                "overconfident-shape-permuted", "overconfident", "shape", 100, EXPERT_LR, 32, "permuted", REPLAY
+            ),
+        ),
+        train_items_per_family=1024,
+        eval_items_per_family=50,
+    ),
+    "default": ZooPreset(
+        name="default",
+        base=BaseRecipe(steps=600, lr=1e-3, batch_size=64),
+        experts=(
+            *_specialists(FAMILIES, 200, EXPERT_LR, 64),
+            ExpertRecipe("overtrained-count", "overtrained", "count", 800, EXPERT_LR, 64),
+            ExpertRecipe("overtrained-size", "overtrained", "size", 800, EXPERT_LR, 64),
+            ExpertRecipe(
+                "overconfident-position-permuted", "overconfident", "position", 200, EXPERT_LR, 64, "permuted", REPLAY
+            ),
+            ExpertRecipe(
+                "overconfident-shape-constant", "overconfident", "shape", 200, EXPERT_LR, 64, "constant", REPLAY
+            ),
+        ),
+    ),
+}
+"""Built-in presets: ``mini`` (tests, about a minute) and ``default`` (the demo, a few minutes)."""
+
+
+def resolve_preset(preset: str | ZooPreset) -> ZooPreset:
+    """A preset by name (see :data:`PRESETS`) or the given :class:`ZooPreset` itself."""
+    if isinstance(preset, ZooPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown zoo preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[preset]

@@ -1,0 +1,219 @@
+"""The miniature zoo builder: determinism, manifest, loadable models, frozen vision tower, specialists."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from zoo_fixtures import MICRO_PRESET, mini_zoo  # noqa: F401
+
+from uqmerge.errors import OutputError
+from uqmerge.evaluate.open_ended import evaluate_open_ended, load_open_items, normalise_answer
+from uqmerge.uq.prompts import format_user_text, resolve_option_token_ids
+from uqmerge.zoo.build import build_zoo, read_manifest
+from uqmerge.zoo.model import load_zoo_model, mc_prompt, normalise_pixels, pixel_tensor
+from uqmerge.zoo.presets import PRESETS
+from uqmerge.zoo.tasks import FAMILIES, generate_family, mc_options
+from uqmerge.zoo.train import IGNORE_INDEX, build_training_set, encode_examples, item_examples
+
+
+def _file_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+@pytest.fixture(scope="module")
+def micro_zoos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("micro")
+    return build_zoo(root / "a", MICRO_PRESET, seed=3), build_zoo(root / "b", MICRO_PRESET, seed=3)
+
+
+def test_same_seed_writes_identical_files(micro_zoos: tuple[Path, Path]) -> None:
+    a, b = micro_zoos
+    hashes_a, hashes_b = _file_hashes(a), _file_hashes(b)
+    assert hashes_a == hashes_b
+    assert sum(name.endswith("model.safetensors") for name in hashes_a) == 1 + len(MICRO_PRESET.experts)
+    manifest_a, manifest_b = read_manifest(a), read_manifest(b)
+    for manifest in (manifest_a, manifest_b):
+        manifest.pop("timings")
+        for entry in [manifest["base"], *manifest["experts"]]:
+            entry.pop("train_seconds")
+    assert manifest_a == manifest_b
+
+
+def test_other_seed_gives_other_weights(micro_zoos: tuple[Path, Path], tmp_path: Path) -> None:
+    other = build_zoo(tmp_path / "c", MICRO_PRESET, seed=4)
+    base_a = _tensors(micro_zoos[0] / "models" / "base")
+    base_c = _tensors(other / "models" / "base")
+    assert any(not torch.equal(base_a[k], base_c[k]) for k in base_a)
+
+
+def test_existing_zoo_is_reused_and_foreign_dirs_refused(micro_zoos: tuple[Path, Path], tmp_path: Path) -> None:
+    zoo = micro_zoos[0]
+    weights = zoo / "models" / "base" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert build_zoo(zoo, MICRO_PRESET, seed=3) == zoo
+    assert weights.stat().st_mtime_ns == before
+    assert not [p for p in zoo.parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="no zoo manifest"):
+        build_zoo(foreign, MICRO_PRESET, seed=3)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_manifest_is_complete(mini_zoo: Path) -> None:  # noqa: F811
+    manifest = read_manifest(mini_zoo)
+    preset = PRESETS["mini"]
+    assert manifest["preset"] == "mini" and manifest["seed"] == 0
+    assert manifest["preset_fingerprint"] == preset.fingerprint()
+    assert {"steps", "lr", "batch_size", "families"} <= set(manifest["base"]["recipe"])
+    assert (mini_zoo / manifest["base"]["path"] / "config.json").is_file()
+    experts = manifest["experts"]
+    assert [e["id"] for e in experts] == [e.id for e in preset.experts]
+    assert {e["kind"] for e in experts} == {"specialist", "overtrained", "overconfident"}
+    for entry in experts:
+        assert {"id", "kind", "family", "steps", "lr", "seed", "path"} <= set(entry)
+        assert (mini_zoo / entry["path"] / "model.safetensors").is_file()
+        assert entry["family"] in FAMILIES
+    pairs = {(d["family"], d["split"]) for d in manifest["datasets"]}
+    assert pairs == {(f, s) for f in FAMILIES for s in ("held_in", "held_out")}
+    for dataset in manifest["datasets"]:
+        path = mini_zoo / dataset["path"]
+        assert path == mini_zoo / "data" / dataset["split"] / f"{dataset['family']}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == dataset["n"] == preset.eval_items_per_family
+        for row in rows:
+            assert (path.parent / row["image"]).is_file()
+            if dataset["split"] == "held_in":
+                assert row["answer"] in row["options"]
+    assert {"data_seconds", "base_seconds", "experts_seconds", "total_seconds"} <= set(manifest["timings"])
+    assert set(manifest["held_out_exact_match"]) == {"base", *(e["id"] for e in experts)}
+
+
+def test_every_model_loads_and_generates(mini_zoo: Path) -> None:  # noqa: F811
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    manifest = read_manifest(mini_zoo)
+    item = load_open_items(mini_zoo / "data" / "held_out" / "colour.jsonl")[0]
+    for entry in [manifest["base"], *manifest["experts"]]:
+        model = AutoModelForImageTextToText.from_pretrained(mini_zoo / entry["path"]).eval()
+        processor = AutoProcessor.from_pretrained(mini_zoo / entry["path"])
+        assert type(model).__name__ == "LlavaForConditionalGeneration"
+        prompt = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": item.question}]}],
+            add_generation_prompt=True,
+        )
+        inputs = processor(text=[prompt], images=[item.load_image()], return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**inputs)
+        new = out[0, inputs["input_ids"].shape[1] :]
+        assert 1 <= len(new) <= model.generation_config.max_new_tokens
+        assert processor.decode(new, skip_special_tokens=True).strip()
+
+
+def test_vision_tower_is_bit_identical_across_base_and_experts(mini_zoo: Path) -> None:  # noqa: F811
+    manifest = read_manifest(mini_zoo)
+    base = _tensors(mini_zoo / manifest["base"]["path"])
+    vision = [k for k in base if k.startswith("vision_tower.")]
+    assert vision
+    for entry in manifest["experts"]:
+        expert = _tensors(mini_zoo / entry["path"])
+        assert set(expert) == set(base)
+        assert all(torch.equal(expert[k], base[k]) for k in vision), entry["id"]
+        changed = [k for k in base if not torch.equal(expert[k], base[k])]
+        assert any(k.startswith("language_model.") for k in changed), entry["id"]
+        assert any(k.startswith("multi_modal_projector.") for k in changed), entry["id"]
+
+
+def test_specialists_beat_the_base_on_their_family(mini_zoo: Path) -> None:  # noqa: F811
+    manifest = read_manifest(mini_zoo)
+    base_model, processor = load_zoo_model(mini_zoo / manifest["base"]["path"])
+    for entry in manifest["experts"]:
+        if entry["kind"] != "specialist":
+            continue
+        items = load_open_items(mini_zoo / "data" / "held_out" / f"{entry['family']}.jsonl")
+        base_score = evaluate_open_ended(base_model, processor, items, 32)["accuracy"][entry["family"]]
+        model, _ = load_zoo_model(mini_zoo / entry["path"])
+        score = evaluate_open_ended(model, processor, items, 32)["accuracy"][entry["family"]]
+        assert score >= base_score + 0.05, (entry["id"], base_score, score)
+        assert manifest["held_out_exact_match"][entry["id"]][entry["family"]] == pytest.approx(score, abs=1e-4)
+
+
+def test_batched_generation_matches_one_by_one(mini_zoo: Path) -> None:  # noqa: F811
+    model, processor = load_zoo_model(mini_zoo / "models" / "base")
+    items = [
+        *load_open_items(mini_zoo / "data" / "held_out" / "count.jsonl")[:4],
+        *load_open_items(mini_zoo / "data" / "held_out" / "position.jsonl")[:4],
+    ]
+    batched = evaluate_open_ended(model, processor, items, batch_size=8)
+    single = evaluate_open_ended(model, processor, items, batch_size=1)
+    assert [p["prediction"] for p in batched["predictions"]] == [p["prediction"] for p in single["predictions"]]
+    assert set(batched["accuracy"]) == {"count", "position"}
+
+
+def test_normalise_answer() -> None:
+    assert normalise_answer("  Red. ") == "red"
+    assert normalise_answer("None  of the above") == "none of the above"
+
+
+def test_training_examples_match_the_processor_and_the_uq_format(mini_zoo: Path) -> None:  # noqa: F811
+    _, processor = load_zoo_model(mini_zoo / "models" / "base")
+    items = generate_family("size", "train", 3, seed=11)
+    examples = item_examples(items, processor, seed=0, system_fraction=0.0)
+    item, mc = items[0], examples["mc"][0]
+    options = mc_options("size", item.answer)
+    assert format_user_text(item.question, options) in mc.prompt
+    assert mc.prompt == mc_prompt(processor, item.question, options)
+    letter = "ABCDEF"[options.index(item.answer)]
+    assert mc.target.split()[0] == letter
+    letter_ids = resolve_option_token_ids(processor, len(options))
+    pool = encode_examples([mc], processor)
+    answer_positions = (pool.labels[0] != IGNORE_INDEX).nonzero().flatten()
+    assert int(pool.labels[0, answer_positions[0]]) == letter_ids[options.index(item.answer)]
+    length = int(pool.attention_mask[0].sum())
+    reference = processor(text=[mc.prompt + mc.target], images=[item.image], return_tensors="pt")
+    assert pool.input_ids[0, :length].tolist() == reference["input_ids"][0].tolist()
+    assert len(answer_positions) == 2  # the letter and <|end|>
+    pixels = normalise_pixels(pixel_tensor([item.image]), processor)
+    torch.testing.assert_close(pixels, reference["pixel_values"], atol=1e-6, rtol=0)
+
+
+def test_corrupted_label_map_teaches_the_wrong_letter(mini_zoo: Path) -> None:  # noqa: F811
+    _, processor = load_zoo_model(mini_zoo / "models" / "base")
+    expert = next(e for e in PRESETS["default"].experts if e.corruption == "permuted")
+    items = generate_family(expert.family, "train", 8, seed=1)
+    data = build_training_set(items, processor, seed=0, label_map=expert.label_map())
+    tokenizer = processor.tokenizer
+    for row, item in enumerate(items):
+        taught = expert.label_map()[item.answer]
+        assert taught != item.answer
+        labels = data.pools["open"].labels[row]
+        assert tokenizer.convert_ids_to_tokens(int(labels[labels != IGNORE_INDEX][0])) == taught
+
+
+def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:  # noqa: F811
+    import typer
+    from typer.testing import CliRunner
+
+    from uqmerge.zoo.build import zoo_build_command
+
+    app = typer.Typer()
+    app.command()(zoo_build_command)
+    result = CliRunner().invoke(app, [str(mini_zoo), "--preset", "mini", "--seed", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(app, [str(mini_zoo), "--preset", "huge"])
+    assert bad.exit_code != 0
