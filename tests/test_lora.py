@@ -386,3 +386,46 @@ def test_pickled_adapter_is_read_only_with_allow_pickle(zoo, tmp_path):
     merge_to_dir(cfg, tmp_path / "out", allow_pickle=True, quiet=True)
     _merge(_config(zoo, ["la"]), tmp_path / "ref")
     _assert_states_close(_state(tmp_path / "out"), _state(tmp_path / "ref"), atol=0)
+
+
+def _resident_llava(path: Path) -> torch.nn.Module:
+    from transformers import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+
+
+def test_running_mean_over_lora_candidates_equals_a_full_merge_of_their_dense_versions(zoo):
+    from uqmerge.engine.incremental import IncrementalMerger
+
+    merge = {"merge_method": "linear"}
+    lora = IncrementalMerger(
+        _resident_llava(zoo["llava"]), zoo["llava"], {"e": zoo["expert0"], "la": zoo["la"], "lb": zoo["lb"]}, merge
+    )
+    lora.set_prefix(["e"])
+    lora.set_prefix(["e", "la"])
+    lora.set_prefix(["e", "la", "lb"])  # two running-mean steps that read adapters
+    dense = IncrementalMerger(
+        _resident_llava(zoo["llava"]),
+        zoo["llava"],
+        {"e": zoo["expert0"], "la": zoo["la_dense"], "lb": zoo["lb_dense"]},
+        merge,
+    )
+    dense.set_prefix(["e", "la", "lb"])  # a single re-merge through the executor
+    _assert_states_close(lora.model.state_dict(), dense.model.state_dict(), atol=1e-5)
+
+
+def test_reset_then_a_single_candidate_gives_that_candidate_not_a_stale_mean(zoo):
+    from uqmerge.engine.incremental import IncrementalMerger
+
+    model = _resident_llava(zoo["llava"])
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    merger = IncrementalMerger(model, zoo["llava"], {"e": zoo["expert0"], "la": zoo["la"]}, {"merge_method": "linear"})
+    merger.set_prefix(["e", "la"])
+    model.load_state_dict(base_state)
+    merger.reset()
+    merger.set_prefix(["la"])
+    want = _resident_llava(zoo["la_dense"]).state_dict()
+    # The default plan keeps the vision tower: only merged tensors follow the adapter.
+    for name, tensor in model.state_dict().items():
+        expected = base_state[name] if ".vision_tower." in f".{name}" else want[name]
+        torch.testing.assert_close(tensor, expected, atol=1e-6, rtol=1e-5, msg=name)

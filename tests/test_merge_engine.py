@@ -338,10 +338,14 @@ def test_cli_merge_writes_a_sharded_checkpoint_and_reports_errors(llava_family, 
     cfg_path = tmp_path / "merge.yml"
     cfg_path.write_text(yaml.safe_dump(_config(llava_family, "linear")))
     runner = CliRunner()
-    result = runner.invoke(app, ["merge", str(cfg_path), str(tmp_path / "out"), "--max-shard-size", "20000", "-q"])
+    args = ["merge", str(cfg_path), str(tmp_path / "out"), "--max-shard-size", "20000", "--max-block-bytes", "2KiB"]
+    result = runner.invoke(app, [*args, "-q"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "model.safetensors.index.json").exists()
     out = _state(tmp_path / "out")
     assert set(out) == set(llava_states["base"])
+    whole = _merge(_config(llava_family, "linear"), tmp_path / "whole")
+    for name, tensor in out.items():  # tiny blocks give the whole-tensor result
+        torch.testing.assert_close(tensor, whole[name], rtol=0, atol=0, msg=name)
     again = runner.invoke(app, ["merge", str(cfg_path), str(tmp_path / "out"), "-q"])
     assert again.exit_code == 2 and "not empty" in again.output

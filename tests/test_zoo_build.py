@@ -217,3 +217,11 @@ def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:  # noqa: F811
     assert result.exit_code == 0, result.output
     bad = CliRunner().invoke(app, [str(mini_zoo), "--preset", "huge"])
     assert bad.exit_code != 0
+
+
+def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+    again = build_zoo(tmp_path / "mini-again", "mini", seed=0)
+    first = {k: v for k, v in _file_hashes(mini_zoo).items() if k.endswith(".safetensors")}
+    second = {k: v for k, v in _file_hashes(again).items() if k.endswith(".safetensors")}
+    assert len(first) == 1 + len(PRESETS["mini"].experts)
+    assert first == second

@@ -91,6 +91,9 @@ def merge(
     max_shard_size: Annotated[
         str, typer.Option(help="Largest output shard, in bytes (suffixes KB/MB/GB/KiB/MiB/GiB accepted).")
     ] = "5000000000",
+    max_block_bytes: Annotated[
+        str, typer.Option(help="fp32 working set of one block of rows of a large tensor (e.g. 16MiB).")
+    ] = "16MiB",
     device: Device = "cpu",
     force: Annotated[bool, typer.Option(help="Replace a non-empty output directory.")] = False,
     allow_pickle: Annotated[
@@ -111,6 +114,7 @@ def merge(
             cfg,
             out_dir,
             max_shard_size=parse_size(max_shard_size),
+            max_block_bytes=parse_size(max_block_bytes),
             device=device,
             force=force,
             allow_pickle=allow_pickle,

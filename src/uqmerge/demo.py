@@ -56,44 +56,9 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / len(values))
 
 
-class _Evaluator:
-    """Evaluates merges of zoo models in one resident model (no checkpoints written)."""
-
-    def __init__(self, manifest: dict[str, Any], zoo_dir: Path) -> None:
-        import torch
-
-        from uqmerge.engine.incremental import IncrementalMerger
-        from uqmerge.evaluate.model_eval import load_eval_data
-        from uqmerge.uq.api import load_model
-
-        paths = {d["split"]: [] for d in manifest["datasets"]}
-        for d in manifest["datasets"]:
-            paths[d["split"]].append(str(zoo_dir / d["path"]))
-        self.mc, self.open_items = load_eval_data([*paths["held_in"], *paths["held_out"]])
-        base = zoo_dir / manifest["base"]["path"]
-        self.model, self.processor = load_model(base, device=torch.device("cpu"), dtype=torch.float32)
-        self.base_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        experts = {e["id"]: zoo_dir / e["path"] for e in manifest["experts"]}
-        self.merger = IncrementalMerger(self.model, base, experts, {"merge_method": "linear"})
-        self.cache: dict[tuple[str, ...], dict[str, Any]] = {}
-
-    def __call__(self, models: list[str]) -> dict[str, Any]:
-        """Held-out exact match and held-in MC accuracy of the uniform merge of ``models`` ([] = base)."""
-        from uqmerge.evaluate.model_eval import evaluate_loaded_model
-
-        key = tuple(models)
-        if key not in self.cache:
-            if models:
-                self.merger.set_prefix(models)
-            else:
-                self.model.load_state_dict(self.base_state)
-                self.merger.prefix = []
-            self.cache[key] = evaluate_loaded_model(self.model, self.processor, self.mc, self.open_items, batch_size=64)
-        return self.cache[key]
-
-
 def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bool = False) -> list[DemoRow]:
     """Build/reuse the zoo, run UQ-Merge both orders, evaluate, write ``demo_results.json``; return the rows."""
+    from uqmerge.evaluate.merge_eval import MergeEvaluator, zoo_eval_specs
     from uqmerge.pipeline.config import parse_run_config
     from uqmerge.pipeline.runner import run_uq_merge
     from uqmerge.selection import random_subsets
@@ -111,7 +76,12 @@ def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bo
         cfg = parse_run_config(demo_run_config(manifest, zoo_dir, order=order), source="demo config")
         runs[order] = run_uq_merge(cfg, run_dir, quiet=quiet)
 
-    evaluate = _Evaluator(manifest, zoo_dir)
+    specs = zoo_eval_specs(manifest, zoo_dir)
+    evaluate = MergeEvaluator(
+        zoo_dir / manifest["base"]["path"],
+        {e["id"]: zoo_dir / e["path"] for e in manifest["experts"]},
+        [*specs["held_in"], *specs["held_out"]],
+    )
     expert_ids = [e["id"] for e in manifest["experts"]]
     rows: list[DemoRow] = []
 

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.config import MergeConfig, parse_merge_config
 from uqmerge.engine.executor import execute_plan
 from uqmerge.engine.model_sink import ModelSink
@@ -71,6 +70,12 @@ class IncrementalMerger:
             self._sink = ModelSink(self.model, plan.layout, [t.name for t in plan.tasks])
         return self._sink
 
+    def reset(self) -> None:
+        """Forget the prefix and the running mean (call after restoring the model's base weights yourself)."""
+        self.prefix = []
+        self._acc.clear()
+        self._weight_total = 0.0
+
     def set_prefix(self, prefix: Sequence[str]) -> None:
         """Make the resident model equal Merge(prefix)."""
         prefix = list(prefix)
@@ -112,7 +117,7 @@ class IncrementalMerger:
         total = self._weight_total + w_new
         if total == 0:
             raise CheckpointError("running mean: the weights of the prefix sum to zero")
-        reader = CheckpointReader(self.candidates[new_id])
+        reader = plan.models[-1]  # the new candidate, opened by the plan (a checkpoint or a LoRA adapter)
         ratio = w_new / total
         for task in plan.tasks:
             if task.action is None:

@@ -1,0 +1,42 @@
+"""Table 6 (toy scale): the six merge methods on the same group of models: all experts, and UQ-Merge's pick.
+
+python experiments/table6_methods_same_group.py [--preset default] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import time
+
+from common import PAPER_METHODS, parse_args, pct, short, uq_merge, write_table, zoo
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    started = time.perf_counter()
+    z = zoo(args.root, args.preset, args.seed)
+    selected = uq_merge(args.root, z, "uq-merge")["selected"]
+    groups = {f"all {len(z.expert_ids)}": z.expert_ids, f"UQ-Merge's {len(selected)}": selected}
+    rows, data = [], {"groups": groups, "methods": {}}
+    for method in PAPER_METHODS:
+        row = [method]
+        for label, group in groups.items():
+            r = z.evaluate(group, method)
+            data["methods"].setdefault(method, {})[label] = {"held_in": r["mc_mean"], "held_out": r["open_mean"]}
+            row += [pct(r["mc_mean"]), pct(r["open_mean"])]
+        rows.append(row)
+    columns = ["method"] + [f"{label}: {split}" for label in groups for split in ("held-in MC", "held-out EM")]
+    write_table(
+        args.out,
+        "table6",
+        "Table 6 — merge methods on the same group of models (accuracy %)",
+        z,
+        columns,
+        rows,
+        data,
+        notes=f"UQ-Merge's group: {short(selected)}.",
+        started=started,
+    )
+
+
+if __name__ == "__main__":
+    main()
