@@ -185,7 +185,10 @@ def main() -> None:
     parser.add_argument("--params", type=float, default=540e6, help="parameters per model (default 540e6)")
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument(
-        "--methods", nargs="+", default=["linear", "task_arithmetic", "ties", "dare_ties", "della", "model_stock"]
+        "--methods",
+        nargs="+",
+        default=["linear", "task_arithmetic", "ties", "dare_ties", "della", "model_stock"],
+        help="methods to run (default: the six UQ-Merge baselines; `all`: every registered method)",
     )
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs here (default: a temp dir)")
@@ -226,6 +229,10 @@ def main() -> None:
     rows = []
     payload = {"base": str(base), "experts": [str(e) for e in experts], "threads": args.threads}
     rows.append(("read (baseline)", run_child(["read", json.dumps(payload)])))
+    if args.methods == ["all"]:
+        from uqmerge.methods import method_names
+
+        args.methods = list(method_names())
     for method in args.methods:
         params = {"density": args.density} if method in {"ties", "dare_ties", "dare_linear", "della"} else {}
         if method == "della":

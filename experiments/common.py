@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -119,6 +120,14 @@ def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> dict[str, Any]:
 
     run_dir = root / "runs" / z.path.name / name
     cfg = parse_run_config(run_config(z, **overrides), source=f"experiment {name}")
+    done = run_dir / "run.json"
+    if done.exists():
+        record = json.loads(done.read_text())
+        if record["config"] == cfg.model_dump(mode="json"):
+            log.info("run %s: reusing %s", name, done)
+            return record
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished run or one of another config: start afresh
     start = time.perf_counter()
     record = run_uq_merge(cfg, run_dir, quiet=True)
     log.info("run %s: selected %s (%.0f s)", name, record["selected"], time.perf_counter() - start)
