@@ -168,13 +168,19 @@ def available_memory_bytes() -> int:
     return 1 << 62
 
 
-def run_child(args: list[str]) -> dict:
-    """Run this script in child mode; return its JSON result with wall time and peak RSS."""
+def run_child(args: list[str], timeout: float | None = None) -> dict | None:
+    """Run this script in child mode; its JSON result with wall time and peak RSS (None: it ran past ``timeout``)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return None
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"child {args[:1]} failed:\n{proc.stderr[-3000:]}")
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = wall
     return result
@@ -197,6 +203,7 @@ def main() -> None:
         "--max-block-bytes", type=float, default=None, help="engine working-set bound per tensor (default: engine's)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads in every run")
+    parser.add_argument("--timeout", type=float, default=None, help="stop a method's run after this many seconds")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -226,9 +233,31 @@ def main() -> None:
         f"inputs: base + {args.experts} experts, {n_params / 1e6:.0f}M params each (bf16), "
         f"{input_gb:.2f} GB in all; built/reused in {time.perf_counter() - t0:.1f}s under {root}"
     )
-    rows = []
     payload = {"base": str(base), "experts": [str(e) for e in experts], "threads": args.threads}
-    rows.append(("read (baseline)", run_child(["read", json.dumps(payload)])))
+    print(
+        f"\nthreads: {args.threads or 'default'}; "
+        "GB read includes the re-read part (statistics passes over large tensors)"
+    )
+    header = f"{'run':28s} {'wall s':>8s} {'cpu s':>8s} {'GB/s in':>8s} {'peak RSS MB':>12s} {'GB read':>8s}"
+    print(f"{header} {'re-read':>8s} {'blocked':>8s}", flush=True)
+
+    def report(name: str, r: dict | None) -> None:
+        """One row, printed as soon as its run ends (long runs do not hide the others)."""
+        if r is None:
+            print(f"{name:28s} stopped after --timeout {args.timeout:.0f} s", flush=True)
+            return
+        if "error" in r:
+            print(f"{name:28s} failed: {r['error'][:160]}", flush=True)
+            return
+        reread = f"{r['bytes_reread'] / 1e9:.2f}" if "bytes_reread" in r else "-"
+        blocked = str(r["blocked"]) if "blocked" in r else "-"
+        print(
+            f"{name:28s} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {input_gb / r['wall_s']:8.2f} {r['peak_rss_mb']:12.0f} "
+            f"{r['bytes_read'] / 1e9:8.2f} {reread:>8s} {blocked:>8s}",
+            flush=True,
+        )
+
+    report("read (baseline)", run_child(["read", json.dumps(payload)]))
     if args.methods == ["all"]:
         from uqmerge.methods import method_names
 
@@ -240,7 +269,7 @@ def main() -> None:
         block = None if args.max_block_bytes is None else int(args.max_block_bytes)
         job = {**payload, "method": method, "out": str(root / f"out-{method}"), "params": params}
         job["max_block_bytes"] = block
-        rows.append((method, run_child(["merge", json.dumps(job)])))
+        report(method, run_child(["merge", json.dumps(job)], args.timeout))
     if args.in_memory_baseline:
         need = in_memory_bytes_per_param(args.experts) * n_params
         if need > available_memory_bytes():
@@ -250,18 +279,7 @@ def main() -> None:
             )
         else:
             job = {**payload, "out": str(root / "out-in-memory-ties"), "density": args.density}
-            rows.append(("in_memory_ties (baseline)", run_child(["in_memory_ties", json.dumps(job)])))
-    threads = args.threads or "default"
-    print(f"\nthreads: {threads}; GB read includes the re-read part (statistics passes over large tensors)")
-    header = f"{'run':28s} {'wall s':>8s} {'cpu s':>8s} {'GB/s in':>8s} {'peak RSS MB':>12s} {'GB read':>8s}"
-    print(f"{header} {'re-read':>8s} {'blocked':>8s}")
-    for name, r in rows:
-        reread = f"{r['bytes_reread'] / 1e9:.2f}" if "bytes_reread" in r else "-"
-        blocked = str(r["blocked"]) if "blocked" in r else "-"
-        print(
-            f"{name:28s} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {input_gb / r['wall_s']:8.2f} {r['peak_rss_mb']:12.0f} "
-            f"{r['bytes_read'] / 1e9:8.2f} {reread:>8s} {blocked:>8s}"
-        )
+            report("in_memory_ties (baseline)", run_child(["in_memory_ties", json.dumps(job)], args.timeout))
 
 
 if __name__ == "__main__":

@@ -186,3 +186,23 @@ def test_out_of_range_parameters_are_config_errors() -> None:
     )
     with pytest.raises(ConfigError, match="common_space_fraction"):
         get_method("iso_cts").merge(inputs)
+
+
+def test_thin_svd_falls_back_to_float64_when_lapack_does_not_converge(monkeypatch) -> None:
+    from uqmerge.methods import subspace
+
+    real_svd = torch.linalg.svd
+    calls: list[torch.dtype] = []
+
+    def flaky_svd(matrix, full_matrices=True):
+        calls.append(matrix.dtype)
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real_svd(matrix, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky_svd)
+    matrix = torch.randn(7, 5, generator=torch.Generator().manual_seed(0))
+    u, s, vh = subspace.thin_svd(matrix)
+    assert calls == [torch.float32, torch.float64]
+    assert u.dtype == s.dtype == vh.dtype == torch.float32
+    torch.testing.assert_close((u * s) @ vh, matrix, atol=1e-5, rtol=1e-5)

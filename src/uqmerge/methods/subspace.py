@@ -36,9 +36,19 @@ def rank_budget(shape: Sequence[int], n_models: int, ratio: float | None = None)
     return max(1, min(full, kept))
 
 
+def thin_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD in fp32; if LAPACK's divide-and-conquer fails to converge (ill-conditioned matrices such as
+    the near-zero residuals Iso-CTS projects), it is redone in float64 and cast back."""
+    try:
+        return torch.linalg.svd(matrix.float(), full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+        return u.float(), s.float(), vh.float()
+
+
 def truncated_svd(matrix: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``k`` singular triplets (U_k: m×k, σ_k: k, V_kᵀ: k×d) of a 2-D fp32 matrix."""
-    u, s, vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    u, s, vh = thin_svd(matrix)
     return u[:, :k], s[:k], vh[:k, :]
 
 
@@ -52,7 +62,7 @@ def polar_orthogonal(matrix: Tensor) -> Tensor:
     """Orthogonal polar factor P Qᵀ of ``matrix`` = P S Qᵀ: the nearest matrix with orthonormal columns
     (orthonormal rows when it is wider than tall). Its column span equals the input's when it has full
     column rank."""
-    p, _, qh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    p, _, qh = thin_svd(matrix)
     return p @ qh
 
 
@@ -122,7 +132,7 @@ TSV_M = MergeMethod(
 
 def iso_c_merge(taus: Sequence[Tensor]) -> Tensor:
     """Σ τ_i = U Σ Vᵀ → mean(σ)·U Vᵀ: same singular subspaces, flat spectrum."""
-    u, s, vh = torch.linalg.svd(torch.stack(taus).sum(dim=0), full_matrices=False)
+    u, s, vh = thin_svd(torch.stack(taus).sum(dim=0))
     return s.mean() * (u @ vh)
 
 
@@ -139,7 +149,7 @@ def iso_cts_dimensions(rank: int, n_models: int, common_space_fraction: float) -
 def iso_cts_merge(taus: Sequence[Tensor], common_space_fraction: float) -> Tensor:
     """Iso-CTS on one matrix: common top subspace of Σ τ_i plus per-task residual directions, flat spectrum."""
     total = torch.stack(taus).sum(dim=0)
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    u, s, vh = thin_svd(total)
     common, per_task = iso_cts_dimensions(s.numel(), len(taus), common_space_fraction)
     u_c, s_c, vh_c = u[:, :common], s[:common], vh[:common, :]
     us, sigmas, vhs = [u_c], [s_c], [vh_c]
