@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uqmerge.demo import abbreviate_ids
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "experiments" / "results"
 PAPER_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "della", "model_stock")
 """The six single-modal baselines of the paper's Tables 1, 2 and 6 (DARE as DARE-TIES, as in mergekit)."""
 log = logging.getLogger("experiments")
+short = abbreviate_ids
 
 
 def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
@@ -148,16 +151,6 @@ def pct(x: float | None, se: float | None = None) -> str:
     if x is None:
         return "—"
     return f"{100 * x:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * x:.1f}"
-
-
-def short(ids: Sequence[str]) -> str:
-    """A compact list of expert ids (``specialist-colour`` → ``S:colour``)."""
-    abbrev = {"specialist": "S", "overtrained": "OT", "overconfident": "OC"}
-    out = []
-    for cid in ids:
-        kind, _, rest = cid.partition("-")
-        out.append(f"{abbrev.get(kind, kind)}:{rest}" if rest else cid)
-    return ", ".join(out) if out else "(base)"
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

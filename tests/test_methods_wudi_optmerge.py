@@ -208,3 +208,15 @@ def test_optmerge_lambda_defaults_per_variant(variant: str, lam: float) -> None:
 def test_optmerge_rejects_an_unknown_variant() -> None:
     with pytest.raises(ConfigError, match="variant"):
         _merge_taus("optmerge", _taus((4, 4), 2, seed=10), variant="qlora")
+
+
+def test_interference_loss_with_tall_anchors_equals_the_explicit_product_form() -> None:
+    g = torch.Generator().manual_seed(3)
+    merged = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    targets = torch.randn(3, 9, 4, generator=g, dtype=torch.float64)
+    anchors = torch.randn(3, 9, 4, generator=g, dtype=torch.float64)  # k = 9 rows > d = 4: the Gram path
+    weights = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    explicit = sum(
+        w * torch.linalg.matrix_norm((merged - t) @ a.T) ** 2 for w, t, a in zip(weights, targets, anchors, strict=True)
+    )
+    torch.testing.assert_close(interference_loss(merged, targets, anchors, weights), explicit)

@@ -56,6 +56,12 @@ def setup_logging(verbose: bool, quiet: bool) -> None:
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
+    if not verbose:
+        # transformers' per-call tqdm bars ("Loading weights", "Writing model shards") would interleave with
+        # uqmerge's own progress for every model the zoo and the runs load or save.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def fail(error: Exception) -> typer.Exit:
@@ -151,7 +157,7 @@ def demo(
     verbose: Verbose = False,
 ) -> None:
     """UQ-Merge on the miniature zoo: build/reuse it, run both orders, evaluate, print the comparison table."""
-    from uqmerge.demo import run_demo
+    from uqmerge.demo import abbreviate_ids, run_demo
 
     setup_logging(verbose, quiet)
     try:
@@ -170,12 +176,13 @@ def demo(
         held_out = f"{r.held_out:.3f}" + (f" ± {r.held_out_se:.3f}" if r.held_out_se is not None else "")
         table.add_row(
             r.name,
-            ", ".join(r.models) if r.models else ("—" if r.name == "base" else "see demo_results.json"),
+            abbreviate_ids(r.models) if r.models else ("—" if r.name == "base" else "see demo_results.json"),
             held_out,
             f"{r.held_in_mc:.3f}",
             "" if r.uncertainty is None else f"{r.uncertainty:.5f}",
         )
     Console().print(table)
+    Console().print("S: specialist, OT: overtrained, OC: overconfident expert")
     Console().print(f"results: {workdir / 'demo_results.json'}; reports: {workdir / 'runs'}/*/report.md")
 
 

@@ -34,6 +34,16 @@ class DemoRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def abbreviate_ids(ids: list[str] | tuple[str, ...]) -> str:
+    """Zoo expert ids in short form for tables (``specialist-colour`` → ``S:colour``); ``(base)`` when empty."""
+    kinds = {"specialist": "S", "overtrained": "OT", "overconfident": "OC"}
+    out = []
+    for cid in ids:
+        kind, _, rest = cid.partition("-")
+        out.append(f"{kinds[kind]}:{rest}" if kind in kinds and rest else cid)
+    return ", ".join(out) if out else "(base)"
+
+
 def demo_run_config(manifest: dict[str, Any], zoo_dir: Path, *, order: str) -> dict[str, Any]:
     """The run config the demo uses: uniform linear merge, `vl` UQ with J=4 on the unlabeled held-in MC sets."""
     held_in = [str(zoo_dir / d["path"]) for d in manifest["datasets"] if d["split"] == "held_in"]

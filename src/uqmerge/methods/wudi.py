@@ -55,8 +55,16 @@ def inverse_square_norms(taus: Sequence[Tensor]) -> Tensor:
 
 
 def interference_loss(merged: Tensor, targets: Tensor, anchors: Tensor, weights: Tensor) -> Tensor:
-    """Σ_i w_i ‖(τ_m − T_i) A_iᵀ‖²_F for stacked targets T (n×m×d), anchors A (n×k×d), weights w (n)."""
-    products = (merged.unsqueeze(0) - targets) @ anchors.transpose(1, 2)
+    """Σ_i w_i ‖(τ_m − T_i) A_iᵀ‖²_F for stacked targets T (n×m×d), anchors A (n×k×d), weights w (n).
+
+    With more anchor rows than columns (k > d, e.g. WUDI on a 32000-row embedding, where A_i = τ_i) the m×k
+    products would not fit in memory; then ‖E Aᵀ‖²_F = Σ (E AᵀA) ⊙ E is used, with the d×d Gram AᵀA.
+    """
+    errors = merged.unsqueeze(0) - targets
+    if anchors.shape[1] > anchors.shape[2]:
+        grams = anchors.transpose(1, 2) @ anchors
+        return (weights * ((errors @ grams) * errors).sum(dim=(1, 2))).sum()
+    products = errors @ anchors.transpose(1, 2)
     return (weights * products.square().sum(dim=(1, 2))).sum()
 
 
