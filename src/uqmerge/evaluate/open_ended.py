@@ -10,11 +10,10 @@ stops at its generation config's end-of-turn ids. A prediction is correct when i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from PIL import Image
 
 from uqmerge.errors import DataError
 from uqmerge.uq.prompts import build_messages, render_prompt, tokenizer_of
+from uqmerge.uq.scoring import left_padding
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +87,6 @@ def normalise_answer(text: str) -> str:
     return _SPACES.sub(" ", text.strip().rstrip(".!?").strip().lower())
 
 
-@contextlib.contextmanager
-def _left_padding(tokenizer: Any) -> Iterator[None]:
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = old
-
-
 def generate_answers(
     model: Any,
     processor: Any,
@@ -108,7 +98,7 @@ def generate_answers(
     """Greedy answers to ``questions`` about ``images`` in one left-padded batch (special tokens dropped)."""
     tokenizer = tokenizer_of(processor)
     prompts = [render_prompt(processor, build_messages(q)) for q in questions]
-    with _left_padding(tokenizer):
+    with left_padding(tokenizer):
         batch = processor(text=prompts, images=list(images), padding=True, return_tensors="pt")
     param = next(model.parameters())
     inputs = {

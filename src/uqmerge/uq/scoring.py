@@ -44,7 +44,8 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 @contextlib.contextmanager
-def _left_padding(tokenizer: Any) -> Iterator[None]:
+def left_padding(tokenizer: Any) -> Iterator[None]:
+    """Pad on the left inside the block (batched next-token scoring and generation need it); restore after."""
     old = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -71,7 +72,7 @@ def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
 
 def encode_batch(processor: Any, requests: Sequence[ForwardRequest]) -> dict[str, Tensor]:
     """Processor outputs for ``requests`` with the tokenizer padding on the left."""
-    with _left_padding(tokenizer_of(processor)):
+    with left_padding(tokenizer_of(processor)):
         encoded = processor(
             text=[r.prompt for r in requests],
             images=[r.image for r in requests],
