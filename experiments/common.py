@@ -137,6 +137,19 @@ def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> dict[str, Any]:
     return record
 
 
+def evaluate_selection(z: Zoo, run: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A UQ-Merge run's selection, evaluated: its JSON entry and its table cells (selected, held-in, held-out)."""
+    r = z.evaluate(run["selected"])
+    entry = {
+        "order": run["selection"]["order"],
+        "scores": run["selection"]["scores"],
+        "selected": run["selected"],
+        "held_in": r["mc_mean"],
+        "held_out": r["open_mean"],
+    }
+    return entry, [short(run["selected"]), pct(r["mc_mean"]), pct(r["open_mean"])]
+
+
 def mean_se(values: Iterable[float]) -> tuple[float, float]:
     """Mean and standard error (sample sd / √n; 0 for one value)."""
     xs = list(values)

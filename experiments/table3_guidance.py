@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from common import parse_args, pct, short, uq_merge, write_table, zoo
+from common import evaluate_selection, parse_args, uq_merge, write_table, zoo
 
 
 def main() -> None:
@@ -22,14 +22,8 @@ def main() -> None:
         for order in ("ascending", "descending"):
             name = "uq-merge" if (guidance, order) == ("uncertainty", "descending") else f"{guidance}-{order}"
             run = uq_merge(args.root, z, name, selection={"guidance": guidance, "order": order})
-            r = z.evaluate(run["selected"])
-            data[name] = {
-                "order": run["selection"]["order"],
-                "selected": run["selected"],
-                "held_in": r["mc_mean"],
-                "held_out": r["open_mean"],
-            }
-            rows.append([guidance, order, short(run["selected"]), pct(r["mc_mean"]), pct(r["open_mean"])])
+            data[name], cells = evaluate_selection(z, run)
+            rows.append([guidance, order, *cells])
     write_table(
         args.out,
         "table3",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from common import parse_args, pct, short, uq_merge, write_table, zoo
+from common import evaluate_selection, parse_args, uq_merge, write_table, zoo
 
 MODES = ("image", "text", "model", "input", "vl")
 
@@ -22,14 +22,8 @@ def main() -> None:
     rows, data = [], {}
     for mode in MODES:
         run = uq_merge(args.root, z, "uq-merge" if mode == "vl" else f"mode-{mode}", uq={"mode": mode})
-        r = z.evaluate(run["selected"])
-        data[mode] = {
-            "scores": run["selection"]["scores"],
-            "selected": run["selected"],
-            "held_in": r["mc_mean"],
-            "held_out": r["open_mean"],
-        }
-        rows.append([mode, short(run["selected"]), pct(r["mc_mean"]), pct(r["open_mean"])])
+        data[mode], cells = evaluate_selection(z, run)
+        rows.append([mode, *cells])
     write_table(
         args.out,
         "table5",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from common import parse_args, pct, short, uq_merge, write_table, zoo
+from common import evaluate_selection, parse_args, uq_merge, write_table, zoo
 
 RATIOS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -19,14 +19,8 @@ def main() -> None:
     rows, data = [], {}
     for ratio in RATIOS:
         run = uq_merge(args.root, z, "uq-merge" if ratio == 1.0 else f"ratio-{ratio}", uq={"sample_ratio": ratio})
-        r = z.evaluate(run["selected"])
-        data[str(ratio)] = {
-            "order": run["selection"]["order"],
-            "selected": run["selected"],
-            "held_in": r["mc_mean"],
-            "held_out": r["open_mean"],
-        }
-        rows.append([f"{ratio:.0%}", short(run["selected"]), pct(r["mc_mean"]), pct(r["open_mean"])])
+        data[str(ratio)], cells = evaluate_selection(z, run)
+        rows.append([f"{ratio:.0%}", *cells])
     write_table(
         args.out,
         "table7",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from common import parse_args, pct, short, uq_merge, write_table, zoo
+from common import evaluate_selection, parse_args, uq_merge, write_table, zoo
 
 VARIANTS = {
     "image-only perturbation": ("mode-image", {"uq": {"mode": "image"}}),
@@ -30,14 +30,8 @@ def main() -> None:
     rows, data = [], {}
     for label, (name, overrides) in VARIANTS.items():
         run = uq_merge(args.root, z, name, **overrides)
-        r = z.evaluate(run["selected"])
-        data[label] = {
-            "scores": run["selection"]["scores"],
-            "selected": run["selected"],
-            "held_in": r["mc_mean"],
-            "held_out": r["open_mean"],
-        }
-        rows.append([label, short(run["selected"]), pct(r["mc_mean"]), pct(r["open_mean"])])
+        data[label], cells = evaluate_selection(z, run)
+        rows.append([label, *cells])
     write_table(
         args.out,
         "table8",

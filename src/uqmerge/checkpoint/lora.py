@@ -48,7 +48,7 @@ from typing import Any, Literal
 import torch
 
 from uqmerge.checkpoint.layouts import Layout
-from uqmerge.checkpoint.reader import CheckpointReader
+from uqmerge.checkpoint.reader import CheckpointReader, load_pickled_state
 from uqmerge.checkpoint.safetensors_format import TensorInfo, read_header, read_tensor, read_tensor_rows
 from uqmerge.errors import CheckpointError, ConfigError, LayoutError
 
@@ -176,12 +176,7 @@ class _AdapterWeights:
                     "or pass --allow-pickle (loads with torch.load(weights_only=True))"
                 )
             self.file = pickle
-            try:
-                state = torch.load(pickle, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                raise CheckpointError(f"{pickle}: cannot load pickled weights with weights_only=True ({e})") from e
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{pickle}: expected a state dict of tensors")
+            state = load_pickled_state(pickle)
             self._state = state
             self.infos = {k: TensorInfo(k, pickle, v.dtype, tuple(v.shape)) for k, v in state.items()}
         else:

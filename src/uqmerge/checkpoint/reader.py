@@ -26,6 +26,17 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot read JSON ({e})") from e
 
 
+def load_pickled_state(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.bin`` state dict loaded with ``torch.load(weights_only=True)`` (memory-mapped), checked to be a dict."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load pickled weights with weights_only=True ({e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    return state
+
+
 class CheckpointReader:
     """Reads tensor metadata of a checkpoint dir eagerly and tensor data lazily, one tensor (or row range) per call.
 
@@ -95,13 +106,7 @@ class CheckpointReader:
 
     def _load_pickle(self, path: Path) -> dict[str, torch.Tensor]:
         if path not in self._pickles:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                raise CheckpointError(f"{path}: cannot load pickled weights with weights_only=True ({e})") from e
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path}: expected a state dict of tensors")
-            self._pickles[path] = state
+            self._pickles[path] = load_pickled_state(path)
         return self._pickles[path]
 
     @property

@@ -10,7 +10,6 @@ stops at its generation config's end-of-turn ids. A prediction is correct when i
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from uqmerge.errors import DataError
+from uqmerge.uq.data import jsonl_rows
 from uqmerge.uq.prompts import build_messages, render_prompt, tokenizer_of
 from uqmerge.uq.scoring import left_padding
 
@@ -54,18 +54,8 @@ class OpenItem:
 def load_open_items(path: str | Path, *, family: str | None = None) -> list[OpenItem]:
     """Read open-ended items from a JSONL file; ``family`` defaults to the file's stem."""
     file = Path(path)
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read open-ended items from {file}: {e}") from e
     items = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{file}:{lineno}: invalid JSON ({e.msg})") from e
+    for lineno, row in jsonl_rows(file, "open-ended items from"):
         missing = [key for key in ("id", "image", "question", "answer") if key not in row]
         if missing:
             raise DataError(f"{file}:{lineno}: missing field(s) {missing}; expected id, image, question, answer")

@@ -44,7 +44,7 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -344,22 +344,27 @@ def _image_ref(value: Any, base_dir: Path | None, *, where: str) -> ImageRef:
 # the native JSONL format
 
 
-def load_jsonl(path: str | Path, *, name: str | None = None) -> MCDataset:
-    """Read the JSONL item format (module docstring); images resolve relative to the file."""
-    file = Path(path).expanduser()
+def jsonl_rows(file: Path, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSONL ``file``; DataErrors name ``what`` and the line."""
     try:
         lines = file.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise DataError(f"cannot read UQ data file {file}: {e}") from e
-    items: list[MCItem] = []
-    seen: set[str] = set()
+        raise DataError(f"cannot read {what} {file}: {e}") from e
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{file}:{lineno}: invalid JSON ({e.msg})") from e
+
+
+def load_jsonl(path: str | Path, *, name: str | None = None) -> MCDataset:
+    """Read the JSONL item format (module docstring); images resolve relative to the file."""
+    file = Path(path).expanduser()
+    items: list[MCItem] = []
+    seen: set[str] = set()
+    for lineno, row in jsonl_rows(file, "UQ data file"):
         if not isinstance(row, dict):
             raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(row).__name__}")
         item_id = row.get("id", f"line{lineno}")
