@@ -10,7 +10,7 @@ import torch
 from uqmerge.errors import ConfigError
 from uqmerge.methods import MergeInputs, get_method
 from uqmerge.methods.optmerge import optmerge_targets
-from uqmerge.methods.wudi import interference_loss, inverse_square_norms
+from uqmerge.methods.wudi import QuadraticInterference, interference_loss, inverse_square_norms, minimise
 
 
 def _taus(shape: tuple[int, int], n: int, seed: int) -> list[torch.Tensor]:
@@ -220,3 +220,39 @@ def test_interference_loss_with_tall_anchors_equals_the_explicit_product_form() 
         w * torch.linalg.matrix_norm((merged - t) @ a.T) ** 2 for w, t, a in zip(weights, targets, anchors, strict=True)
     )
     torch.testing.assert_close(interference_loss(merged, targets, anchors, weights), explicit)
+
+
+@pytest.mark.parametrize(("rows", "width"), [(3, 8), (9, 4)])  # 2·n·k < d: factored C; otherwise the d×d Gram
+def test_quadratic_interference_gradient_equals_autograd_of_the_loss(rows: int, width: int) -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, width, generator=g, dtype=torch.float64)
+    targets = torch.randn(2, 5, width, generator=g, dtype=torch.float64)
+    anchors = torch.randn(2, rows, width, generator=g, dtype=torch.float64)
+    weights = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    problem = QuadraticInterference.build(targets, anchors, weights)
+    assert (problem.factor is not None) == (2 * 2 * rows < width)
+    leaf = x.clone().requires_grad_(True)
+    interference_loss(leaf, targets, anchors, weights).backward()
+    torch.testing.assert_close(problem.gradient(x), leaf.grad)
+
+
+@pytest.mark.parametrize(("optimizer", "lr", "momentum"), [("adam", 1e-2, 0.0), ("sgd", 1e-3, 0.9)])
+def test_minimise_follows_the_same_path_as_an_autograd_optimiser(optimizer: str, lr: float, momentum: float) -> None:
+    taus = _taus((7, 5), 3, seed=13)
+    stacked = torch.stack(taus).double()
+    weights = inverse_square_norms(taus).double()
+    start = stacked.sum(dim=0)
+    reference = start.clone().requires_grad_(True)
+    opt = (
+        torch.optim.Adam([reference], lr=lr)
+        if optimizer == "adam"
+        else torch.optim.SGD([reference], lr=lr, momentum=momentum)
+    )
+    for _ in range(20):
+        opt.zero_grad()
+        interference_loss(reference, stacked, stacked, weights).backward()
+        opt.step()
+    problem = QuadraticInterference.build(stacked, stacked, weights)
+    result = minimise(start, problem, lr=lr, steps=20, optimizer=optimizer, momentum=momentum)
+    torch.testing.assert_close(result, reference.detach())
+    assert torch.equal(start, stacked.sum(dim=0))  # the start is not modified

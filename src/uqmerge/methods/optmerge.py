@@ -18,7 +18,7 @@ from uqmerge.methods.subspace import (
     truncated_svd,
 )
 from uqmerge.methods.task_vector import LAMBDA
-from uqmerge.methods.wudi import interference_loss, inverse_square_norms, minimise, with_autograd
+from uqmerge.methods.wudi import QuadraticInterference, inverse_square_norms, minimise
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def optmerge_merge(taus: Sequence[Tensor], *, variant: str, ratio: float | None,
     start = stacked.mean(dim=0) if spec.start_from_mean else stacked.sum(dim=0)
     return minimise(
         start,
-        lambda x: interference_loss(x, targets, anchors, weights),
+        QuadraticInterference.build(targets, anchors, weights),
         lr=lr,
         steps=steps,
         optimizer=spec.optimizer,
@@ -102,7 +102,6 @@ def _optional(inputs: MergeInputs, spec: Param, fallback: float) -> float:
     return fallback if value is None else float(value)
 
 
-@with_autograd
 def _merge_optmerge(inputs: MergeInputs) -> Tensor:
     """OptMerge (Wei et al., ICLR 2026, arXiv:2505.19892), per 2-D weight matrix.
 

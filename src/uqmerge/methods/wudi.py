@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -13,39 +12,62 @@ from uqmerge.methods.base import MergeInputs, MergeMethod, Param
 from uqmerge.methods.subspace import merge_task_matrices, param_value
 from uqmerge.methods.task_vector import LAMBDA
 
-LossFn = Callable[[Tensor], Tensor]
 
+@dataclass(frozen=True)
+class QuadraticInterference:
+    """L(x) = Σ_i w_i ‖(x − T_i) A_iᵀ‖²_F kept as its gradient's two terms, ∇L(x) = 2(x C − D).
 
-def with_autograd(merge: Callable[[MergeInputs], Tensor]) -> Callable[[MergeInputs], Tensor]:
-    """Let an optimising merge run when the caller is in ``no_grad`` or ``inference_mode`` (the executor
-    merges under ``no_grad``): tensors made inside are ordinary tensors autograd can save."""
+    C = Σ_i w_i A_iᵀA_i (d×d) and D = Σ_i w_i T_i A_iᵀ A_i (m×d) are built once, so each optimiser step
+    costs one product x C instead of n forward and backward passes through the n task terms. When the
+    stacked anchors have fewer than d/2 rows (OptMerge's rank-k anchors on wide matrices), C stays
+    factored as BᵀB with B = [√w_i A_i] and x C = (x Bᵀ) B is cheaper.
+    """
 
-    @functools.wraps(merge)
-    def wrapper(inputs: MergeInputs) -> Tensor:
-        with torch.inference_mode(False), torch.enable_grad():
-            return merge(inputs).detach()
+    linear: Tensor
+    gram: Tensor | None = None
+    factor: Tensor | None = None
 
-    return wrapper
+    @classmethod
+    def build(cls, targets: Tensor, anchors: Tensor, weights: Tensor) -> QuadraticInterference:
+        """From stacked targets T (n×m×d), anchors A (n×k×d) and weights w (n)."""
+        linear = sum(w * torch.linalg.multi_dot([t, a.T, a]) for w, t, a in zip(weights, targets, anchors, strict=True))
+        rows, width = anchors.shape[0] * anchors.shape[1], anchors.shape[2]
+        if 2 * rows < width:
+            factor = (weights.sqrt().view(-1, 1, 1) * anchors).reshape(rows, width)
+            return cls(linear=linear, factor=factor)
+        gram = sum(w * (a.T @ a) for w, a in zip(weights, anchors, strict=True))
+        return cls(linear=linear, gram=gram)
+
+    def gradient(self, x: Tensor) -> Tensor:
+        """∇L(x) = 2(x C − D)."""
+        times_c = x @ self.gram if self.gram is not None else (x @ self.factor.T) @ self.factor
+        return 2.0 * (times_c - self.linear)
 
 
 def minimise(
-    init: Tensor, loss_fn: LossFn, *, lr: float, steps: int, optimizer: str = "adam", momentum: float = 0.0
+    init: Tensor,
+    problem: QuadraticInterference,
+    *,
+    lr: float,
+    steps: int,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
 ) -> Tensor:
-    """Run ``steps`` steps of Adam (default betas) or SGD (with ``momentum``) on ``loss_fn`` from a copy of
-    ``init``; return the final iterate, detached. ``init`` is not modified."""
-    x = init.detach().clone().requires_grad_(True)
+    """Run ``steps`` steps of torch's Adam (default betas) or SGD (with ``momentum``) on ``problem`` from a copy
+    of ``init``, feeding the optimiser the exact gradient (no autograd graph); ``init`` is not modified."""
+    x = init.detach().clone()
+    # The fused kernels do one pass over x per step (10× faster than the default on CPU, same update).
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam([x], lr=lr)
+        opt: torch.optim.Optimizer = torch.optim.Adam([x], lr=lr, fused=True)
     elif optimizer == "sgd":
-        opt = torch.optim.SGD([x], lr=lr, momentum=momentum)
+        opt = torch.optim.SGD([x], lr=lr, momentum=momentum, fused=True)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'")
-    with torch.enable_grad():
+    with torch.no_grad():
         for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(x).backward()
+            x.grad = problem.gradient(x)
             opt.step()
-    return x.detach()
+    return x
 
 
 def inverse_square_norms(taus: Sequence[Tensor]) -> Tensor:
@@ -77,14 +99,8 @@ def wudi_loss(merged: Tensor, taus: Sequence[Tensor]) -> Tensor:
 def wudi_adam_merge(taus: Sequence[Tensor], *, lr: float, steps: int) -> Tensor:
     """Minimise :func:`wudi_loss` with Adam from τ_m = Σ τ_i."""
     stacked = torch.stack(list(taus))
-    weights = inverse_square_norms(taus)
-    return minimise(
-        stacked.sum(dim=0),
-        lambda x: interference_loss(x, stacked, stacked, weights),
-        lr=lr,
-        steps=steps,
-        optimizer="adam",
-    )
+    problem = QuadraticInterference.build(stacked, stacked, inverse_square_norms(taus))
+    return minimise(stacked.sum(dim=0), problem, lr=lr, steps=steps, optimizer="adam")
 
 
 def wudi_closed_form_merge(taus: Sequence[Tensor], *, rcond: float) -> Tensor:
@@ -118,7 +134,6 @@ _RCOND = Param(
 )
 
 
-@with_autograd
 def _merge_wudi(inputs: MergeInputs) -> Tensor:
     """WUDI-Merging (Cheng et al., ICML 2025, arXiv:2503.08099), per 2-D weight matrix.
 
