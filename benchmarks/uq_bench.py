@@ -4,7 +4,9 @@ Both variants run in the same process on the same model and data through
 ``uncertainty_of_loaded_model``; the only difference is ``batch_size``. Each is timed ``--repeats``
 times, interleaved, and the best time is reported (robust to other load on a shared machine). A "prep only" row times
 the per-pass input work (image decode, AugMix, system message, chat template) without any forward
-pass: it bounds the speed-up that batching the forward pass can give in the perturbed modes.
+pass: it bounds the speed-up that batching the forward pass can give in the perturbed modes. A "forward only"
+row times the model's forward passes alone on pre-encoded inputs, batched and batch-1: the speed-up batching
+gives where it acts (on a CPU it is small once the batch-1 forward already keeps the cores busy).
 
     .venv/bin/python benchmarks/uq_bench.py --items 64 --batch-size 32 --threads 2
 """
@@ -55,6 +57,34 @@ def _prep_only(processor, datasets, config) -> float:
             for _ in item_requests(item, item.image.load(), d.name, config, processor, letter_ids):
                 pass
     return time.perf_counter() - start
+
+
+def _forward_only(model, processor, datasets, config, batch_size: int) -> float:
+    """Seconds for the model forward passes alone (inputs prepared and encoded beforehand) at ``batch_size``:
+    what batching can speed up at most, since every other step costs the same per pass either way."""
+    from uqmerge.uq.api import item_requests
+    from uqmerge.uq.perturb import inference_mode
+    from uqmerge.uq.prompts import resolve_option_token_ids
+    from uqmerge.uq.scoring import encode_batch
+
+    letter_ids = resolve_option_token_ids(processor, 6)
+    requests = [
+        request
+        for d in datasets
+        for item in d.items
+        for _, request in item_requests(item, item.image.load(), d.name, config, processor, letter_ids)
+    ]
+    batches = []
+    for start in range(0, len(requests), batch_size):
+        encoded = encode_batch(processor, requests[start : start + batch_size])
+        encoded["position_ids"] = (encoded["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        batches.append(encoded)
+    dropout = config.dropout if config.mode.perturbs_model else 0.0
+    with inference_mode(model, attention_dropout=dropout), torch.inference_mode():
+        start = time.perf_counter()
+        for encoded in batches:
+            model(**encoded, logits_to_keep=1, use_cache=False)
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -120,6 +150,15 @@ def main() -> None:
                     for a, b in zip(x.probs[0], y.probs[0], strict=True)
                 )
                 print(f"{'':<6} max |p_batched - p_batch1| = {gap:.2e}")
+            forward = {
+                batch: min(_forward_only(model, processor, datasets, base, batch) for _ in range(args.repeats))
+                for batch in (1, args.batch_size)
+            }
+            print(
+                f"{mode:<6} {'forward only':<14} {passes:>11} {forward[args.batch_size]:>8.2f} "
+                f"{passes / forward[args.batch_size]:>9.1f} {forward[1] / forward[args.batch_size]:>7.1f}x "
+                f"(batch-1 forwards alone: {forward[1]:.2f} s)"
+            )
             if base.mode.is_perturbed and (base.mode.perturbs_image or base.mode.perturbs_text):
                 prep = min(_prep_only(processor, datasets, base) for _ in range(args.repeats))
                 print(f"{mode:<6} {'prep only':<14} {passes:>11} {prep:>8.2f} {passes / prep:>9.1f}")

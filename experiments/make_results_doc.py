@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ORDER = ("zoo", "table1", "table2", "table3", "table5", "table6", "table7", "table8", "table9")
+ORDER = ("zoo", "phrasing", "table1", "table2", "table3", "table5", "table6", "table7", "table8", "table9")
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 
 

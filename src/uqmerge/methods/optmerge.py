@@ -119,7 +119,9 @@ def _merge_optmerge(inputs: MergeInputs) -> Tensor:
     Differences from released code: the anchors X_i come from the SVD of the uncentred τ_i in both
     variants, as in the release (the centred residuals of two tasks are each other's negatives and would
     give both the same input subspace); the release writes them as zero-padded m×d matrices (same loss).
-    The release's ``lora`` branch optimises in the checkpoints' fp16; here everything is fp32. Its
+    The release's ``lora`` branch optimises in the checkpoints' fp16; here everything is fp32. The release
+    backpropagates through the loss; here the optimiser gets the exact gradient from once-built Gram
+    terms (:class:`~uqmerge.methods.wudi.QuadraticInterference`), the same steps at a fraction of the cost. Its
     k = int(min(m, d)/n) can be 0, leaving a matrix unmerged; here k ≥ 1. An all-zero τ_i gets weight 0
     here, where the release divides by zero. The release excludes the vision tower, embeddings,
     ``lm_head``, norms and biases by name; here the plan decides.

@@ -144,9 +144,11 @@ def _merge_wudi(inputs: MergeInputs) -> Tensor:
     :data:`WUDI_CLOSED_FORM` returns the exact minimiser in seconds.
 
     Differences from released code (the WUDI and OptMerge releases): the same loss, optimiser and
-    schedule; the releases split the loss into task chunks to save memory (same value) and skip
-    ``lm_head`` by name (here the plan decides which tensors are merged). An all-zero τ_i gets weight 0
-    here, where the releases divide by zero.
+    schedule; the releases backpropagate through the loss, split into task chunks to save memory, while
+    here Adam is fed the exact gradient 2(τ_m C − D) from C and D built once per matrix (the same steps,
+    one matrix product each instead of n forward and backward passes); the releases skip ``lm_head`` by
+    name (here the plan decides which tensors are merged). An all-zero τ_i gets weight 0 here, where the
+    releases divide by zero.
     """
     lr = float(param_value(inputs, _LR))
     steps = int(param_value(inputs, _STEPS))
