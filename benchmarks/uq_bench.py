@@ -46,45 +46,45 @@ def _write_items(root: Path, n: int) -> Path:
     return path
 
 
-def _prep_only(processor, datasets, config) -> float:
+def _requests(processor, datasets, config) -> list:
+    """Every (item, pass) forward request, built as the UQ loop builds them (AugMix, system message, template)."""
     from uqmerge.uq.api import item_requests
     from uqmerge.uq.prompts import resolve_option_token_ids
 
     letter_ids = resolve_option_token_ids(processor, 6)
-    start = time.perf_counter()
-    for d in datasets:
-        for item in d.items:
-            for _ in item_requests(item, item.image.load(), d.name, config, processor, letter_ids):
-                pass
-    return time.perf_counter() - start
-
-
-def _forward_only(model, processor, datasets, config, batch_size: int) -> float:
-    """Seconds for the model forward passes alone (inputs prepared and encoded beforehand) at ``batch_size``:
-    what batching can speed up at most, since every other step costs the same per pass either way."""
-    from uqmerge.uq.api import item_requests
-    from uqmerge.uq.perturb import inference_mode
-    from uqmerge.uq.prompts import resolve_option_token_ids
-    from uqmerge.uq.scoring import encode_batch
-
-    letter_ids = resolve_option_token_ids(processor, 6)
-    requests = [
+    return [
         request
         for d in datasets
         for item in d.items
         for _, request in item_requests(item, item.image.load(), d.name, config, processor, letter_ids)
     ]
-    batches = []
-    for start in range(0, len(requests), batch_size):
-        encoded = encode_batch(processor, requests[start : start + batch_size])
-        encoded["position_ids"] = (encoded["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-        batches.append(encoded)
+
+
+def _prep_only(processor, datasets, config) -> float:
+    start = time.perf_counter()
+    _requests(processor, datasets, config)
+    return time.perf_counter() - start
+
+
+def _forward_only(model, processor, datasets, config, batch_size: int, repeats: int) -> float:
+    """Best of ``repeats`` timings of the model forward passes alone (inputs built and encoded beforehand) at
+    ``batch_size``: what batching can speed up at most, since every other step costs the same per pass."""
+    from uqmerge.uq.perturb import inference_mode
+    from uqmerge.uq.scoring import scoring_inputs
+
+    requests = _requests(processor, datasets, config)
+    batches = [
+        scoring_inputs(model, processor, requests[i : i + batch_size]) for i in range(0, len(requests), batch_size)
+    ]
     dropout = config.dropout if config.mode.perturbs_model else 0.0
+    best = float("inf")
     with inference_mode(model, attention_dropout=dropout), torch.inference_mode():
-        start = time.perf_counter()
-        for encoded in batches:
-            model(**encoded, logits_to_keep=1, use_cache=False)
-        return time.perf_counter() - start
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for inputs in batches:
+                model(**inputs, logits_to_keep=1, use_cache=False)
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -151,7 +151,7 @@ def main() -> None:
                 )
                 print(f"{'':<6} max |p_batched - p_batch1| = {gap:.2e}")
             forward = {
-                batch: min(_forward_only(model, processor, datasets, base, batch) for _ in range(args.repeats))
+                batch: _forward_only(model, processor, datasets, base, batch, args.repeats)
                 for batch in (1, args.batch_size)
             }
             print(

@@ -28,11 +28,14 @@ class QuadraticInterference:
     factor: Tensor | None = None
 
     @classmethod
-    def build(cls, targets: Tensor, anchors: Tensor, weights: Tensor) -> QuadraticInterference:
-        """From stacked targets T (n×m×d), anchors A (n×k×d) and weights w (n)."""
+    def build(
+        cls, targets: Tensor, anchors: Tensor, weights: Tensor, *, allow_factored: bool = True
+    ) -> QuadraticInterference:
+        """From stacked targets T (n×m×d), anchors A (n×k×d) and weights w (n); ``allow_factored=False``
+        always forms the d×d Gram C (the closed form needs it explicitly)."""
         linear = sum(w * torch.linalg.multi_dot([t, a.T, a]) for w, t, a in zip(weights, targets, anchors, strict=True))
         rows, width = anchors.shape[0] * anchors.shape[1], anchors.shape[2]
-        if 2 * rows < width:
+        if allow_factored and 2 * rows < width:
             factor = (weights.sqrt().view(-1, 1, 1) * anchors).reshape(rows, width)
             return cls(linear=linear, factor=factor)
         gram = sum(w * (a.T @ a) for w, a in zip(weights, anchors, strict=True))
@@ -112,14 +115,13 @@ def wudi_closed_form_merge(taus: Sequence[Tensor], *, rcond: float) -> Tensor:
     minimum-norm minimiser D C⁺; the directions the cut-off drops are (numerically) flat for the loss and
     keep τ_0's component.
     """
-    weights = inverse_square_norms(taus)
-    c = sum(w * (tau.T @ tau) for w, tau in zip(weights, taus, strict=True))
-    d = sum(w * torch.linalg.multi_dot([tau, tau.T, tau]) for w, tau in zip(weights, taus, strict=True))
-    evals, evecs = torch.linalg.eigh(c)
+    stacked = torch.stack(list(taus))
+    terms = QuadraticInterference.build(stacked, stacked, inverse_square_norms(taus), allow_factored=False)
+    evals, evecs = torch.linalg.eigh(terms.gram)
     keep = (evals > rcond * evals[-1]) & (evals > 0)
     q, kept = evecs[:, keep], evals[keep]
-    start = torch.stack(list(taus)).sum(dim=0)
-    return ((d @ q) / kept) @ q.T + start - (start @ q) @ q.T
+    start = stacked.sum(dim=0)
+    return ((terms.linear @ q) / kept) @ q.T + start - (start @ q) @ q.T
 
 
 _LR = Param("lr", 1e-5, "Adam learning rate", low=0.0, low_inclusive=False)

@@ -82,6 +82,25 @@ def encode_batch(processor: Any, requests: Sequence[ForwardRequest]) -> dict[str
     return dict(encoded)
 
 
+def scoring_inputs(model: nn.Module, processor: Any, requests: Sequence[ForwardRequest]) -> dict[str, Tensor]:
+    """The model's inputs for ``requests``: left-padded, with explicit positions where the model takes them,
+    on the model's device and (floating tensors) dtype."""
+    device, dtype = model_device_dtype(model)
+    batch = encode_batch(processor, requests)
+    mask = batch.get("attention_mask")
+    if mask is None:
+        raise UQMergeError(f"{type(processor).__name__} returned no attention_mask; cannot batch prompts")
+    if not bool(mask[:, -1].all()):
+        raise UQMergeError("left padding failed: a prompt's last position is padding")
+    if not builds_own_positions(model):
+        batch["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return {
+        k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
+        for k, v in batch.items()
+        if isinstance(v, Tensor)
+    }
+
+
 def letter_probabilities(
     model: nn.Module,
     processor: Any,
@@ -96,20 +115,8 @@ def letter_probabilities(
     """
     if not requests:
         return []
-    device, dtype = model_device_dtype(model)
-    batch = encode_batch(processor, requests)
-    mask = batch.get("attention_mask")
-    if mask is None:
-        raise UQMergeError(f"{type(processor).__name__} returned no attention_mask; cannot batch prompts")
-    if not bool(mask[:, -1].all()):
-        raise UQMergeError("left padding failed: a prompt's last position is padding")
-    if not builds_own_positions(model):
-        batch["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    inputs = {
-        k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
-        for k, v in batch.items()
-        if isinstance(v, Tensor)
-    }
+    device, _ = model_device_dtype(model)
+    inputs = scoring_inputs(model, processor, requests)
     with seeded_rng(dropout_seed, device), torch.inference_mode():
         logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
     logits = logits.to(device="cpu", dtype=torch.float64)
