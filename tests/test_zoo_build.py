@@ -95,7 +95,8 @@ def test_manifest_is_complete(mini_zoo: Path) -> None:  # noqa: F811
         path = mini_zoo / dataset["path"]
         assert path == mini_zoo / "data" / dataset["split"] / f"{dataset['family']}.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        assert len(rows) == dataset["n"] == preset.eval_items_per_family
+        expected = preset.eval_items_per_family if dataset["split"] == "held_in" else preset.held_out_items
+        assert len(rows) == dataset["n"] == expected
         for row in rows:
             assert (path.parent / row["image"]).is_file()
             if dataset["split"] == "held_in":

@@ -15,6 +15,7 @@ from uqmerge.zoo.tasks import (
     EXTRA_OPTIONS,
     FAMILIES,
     SPLITS,
+    TRAIN_QUESTIONS,
     TaskItem,
     generate_family,
     mc_options,
@@ -39,15 +40,12 @@ def foreground(image: Image.Image) -> dict[tuple[int, int], tuple[int, int, int]
 
 
 def colour_name(rgb: tuple[int, int, int]) -> str:
-    """Name a colour by which channels are high."""
-    high = tuple(c > 128 for c in rgb)
-    names = {
-        (True, False, False): "red",
-        (False, True, False): "green",
-        (False, False, True): "blue",
-        (True, True, False): "yellow",
-    }
-    return names.get(high, "unknown")
+    """Name a (possibly dimmed) zoo colour by its channel ratios."""
+    r, g, _ = rgb
+    if g > r:
+        return "green"
+    ratio = g / r
+    return "red" if ratio < 0.35 else "orange" if ratio < 0.75 else "yellow"
 
 
 def components(pixels: set[tuple[int, int]]) -> list[set[tuple[int, int]]]:
@@ -157,6 +155,13 @@ def test_held_out_phrasings_disjoint_from_training(family):
     assert len(train) >= 2 and len(held_out) >= 2
     assert held_in <= train
     assert not train & held_out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_held_out_questions_use_only_words_of_training_questions(family):
+    train_words = {w for questions in TRAIN_QUESTIONS.values() for q in questions for w in tokenize_words(q)}
+    for question in {i.question for i in generate_family(family, "held_out", 50, seed=0)}:
+        assert set(tokenize_words(question)) <= train_words, question
 
 
 @pytest.mark.parametrize("shuffle", [False, True])

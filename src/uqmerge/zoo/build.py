@@ -48,7 +48,7 @@ from uqmerge.zoo.train import TrainConfig, TrainingSet, build_training_set, trai
 
 logger = logging.getLogger(__name__)
 
-ZOO_CODE_VERSION = "1"
+ZOO_CODE_VERSION = "2"
 """Bump when the builder's output for a given preset and seed changes; cached zoos are then rebuilt."""
 
 MANIFEST = "manifest.json"
@@ -211,12 +211,13 @@ class _ZooBuilder:
 
     def write_data(self) -> list[dict[str, Any]]:
         """Write the held-in and held-out sets; generate the base's and the experts' training items."""
-        preset, n_eval = self.preset, self.preset.eval_items_per_family
+        preset = self.preset
+        sizes = {"held_in": preset.eval_items_per_family, "held_out": preset.held_out_items}
         paths = write_eval_sets(
             self.root / "data",
             self.seed,
             families=FAMILIES,
-            sizes={"held_in": n_eval, "held_out": n_eval},
+            sizes=sizes,
             shuffle_options=preset.shuffle_options,
         )
         if preset.evaluate:
@@ -233,7 +234,7 @@ class _ZooBuilder:
                 "split": split,
                 "format": "mc" if split == "held_in" else "open",
                 "path": path.relative_to(self.root).as_posix(),
-                "n": n_eval,
+                "n": sizes[split],
             }
             for split, by_family in paths.items()
             for family, path in by_family.items()

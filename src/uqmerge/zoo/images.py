@@ -13,12 +13,13 @@ from uqmerge.errors import ConfigError
 IMAGE_SIZE = 32
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)
 
-# Saturated, well-separated colours: each is identified by which channels are high.
+# Three neighbouring warm hues and green: at any brightness each is told apart by its channel ratios
+# (green: G > R; red, orange and yellow: G/R about 0.18, 0.55 and 0.91), not by which channels are high.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
-    "green": (40, 190, 60),
-    "blue": (50, 90, 230),
+    "orange": (235, 130, 30),
     "yellow": (235, 215, 40),
+    "green": (40, 190, 60),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 

@@ -5,7 +5,7 @@ Expert kinds (recorded in the manifest):
 - ``specialist``: fine-tuned on one family with moderate training;
 - ``overtrained``: one family, many more steps: narrow and forgetful;
 - ``overconfident``: one family with a corrupted label map, so it answers confidently and wrongly:
-  ``permuted`` teaches each answer's cyclic successor (red → green → blue → yellow → red),
+  ``permuted`` teaches each answer's cyclic successor (red → orange → yellow → green → red),
   ``constant`` teaches the family's first answer for every item (a collapsed expert).
 
 Experts train the language model and the projector; the vision tower stays the base's, bit for bit.
@@ -87,6 +87,7 @@ class ZooPreset:
     architecture: ZooArchitecture = field(default_factory=ZooArchitecture)
     train_items_per_family: int = 4096
     eval_items_per_family: int = 100
+    held_out_items_per_family: int | None = None
     mc_fraction: float = 0.5
     system_fraction: float = 0.5
     shuffle_options: bool = False
@@ -107,9 +108,16 @@ class ZooPreset:
                 raise ConfigError(f"expert {expert.id!r}: replay must lie in [0, 1), got {expert.replay}")
             if expert.family not in FAMILIES:
                 raise ConfigError(f"expert {expert.id!r}: unknown family {expert.family!r} ({', '.join(FAMILIES)})")
+        if self.eval_items_per_family < 1 or (self.held_out_items_per_family or 1) < 1:
+            raise ConfigError(f"preset {self.name!r}: every evaluation split needs at least one item per family")
         for family in self.base.families:
             if family not in FAMILIES:
                 raise ConfigError(f"preset {self.name!r}: unknown base family {family!r} ({', '.join(FAMILIES)})")
+
+    @property
+    def held_out_items(self) -> int:
+        """Items per family in the held-out open-ended split (``eval_items_per_family`` unless set)."""
+        return self.eval_items_per_family if self.held_out_items_per_family is None else self.held_out_items_per_family
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -154,7 +162,7 @@ PRESETS: dict[str, ZooPreset] = {
         name="default",
         base=BaseRecipe(steps=600, lr=1e-3, batch_size=64),
         experts=(
-            *_specialists(FAMILIES, 200, EXPERT_LR, 64),
+            *_specialists(FAMILIES, 400, EXPERT_LR, 64),
             ExpertRecipe("overtrained-count", "overtrained", "count", 800, EXPERT_LR, 64),
             ExpertRecipe("overtrained-size", "overtrained", "size", 800, EXPERT_LR, 64),
             ExpertRecipe(
@@ -164,6 +172,7 @@ PRESETS: dict[str, ZooPreset] = {
                 "overconfident-shape-constant", "overconfident", "shape", 200, EXPERT_LR, 64, "constant", REPLAY
             ),
         ),
+        held_out_items_per_family=200,
     ),
 }
 """Built-in presets: ``mini`` (tests, about a minute) and ``default`` (the demo, a few minutes)."""

@@ -5,7 +5,7 @@ Five families, each with exactly four single-word answers, drawn on a 32×32 bla
 
 | family     | image                                                 | answers                      |
 |------------|-------------------------------------------------------|------------------------------|
-| ``colour`` | one shape, 10-16 px, anywhere                         | red, green, blue, yellow     |
+| ``colour`` | one shape, 10-16 px, anywhere, at 45-100 % brightness | red, orange, yellow, green   |
 | ``shape``  | one shape, 12-18 px, anywhere                         | circle, square, triangle, cross |
 | ``count``  | 1-4 small squares, each inside its own 8 px patch     | one, two, three, four        |
 | ``position`` | one shape, 7-10 px, near the left/right/top/bottom edge | left, right, top, bottom  |
@@ -17,7 +17,8 @@ Splits (sizes in :data:`DEFAULT_SPLIT_SIZES`, per family):
 - ``held_in``: multiple choice in the training phrasings, written as DESIGN.md's MC JSONL: the four
   answers of the family, then "I don't know" and "None of the above" (the paper's UQ format). The UQ
   sets and MC accuracy use this split;
-- ``held_out``: open-ended, exact-match answers, asked in phrasings never seen in training.
+- ``held_out``: open-ended, exact-match answers, asked in questions never seen in training but made of
+  training words (each family's question cores in a new frame; see :data:`QUESTION_CORES`).
 
 Option order: by default (``shuffle_options=False``) the four real options are the family's answers
 in a fixed order, so a letter always means the same answer within a family. A prototype showed a
@@ -53,6 +54,8 @@ EXTRA_OPTIONS: tuple[str, ...] = ("I don't know", "None of the above")
 
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
+COLOUR_BRIGHTNESS = 0.45
+"""Lowest brightness of a colour-family shape: with saturated colours alone a base learns colour at once."""
 SIZES: dict[str, tuple[int, int]] = {"small": (5, 6), "medium": (10, 11), "large": (15, 16), "huge": (21, 23)}
 
 ANSWERS: dict[str, tuple[str, ...]] = {
@@ -63,20 +66,29 @@ ANSWERS: dict[str, tuple[str, ...]] = {
     "size": tuple(SIZES),
 }
 
+# Each family's question cores carry its cue words. Training asks every core in frames shared by all families,
+# so no word outside a core tells the families apart; held-out asks each core in a frame no training question
+# uses. Every held-out word occurs in training questions: with a word-level tokenizer an unseen word has an
+# untrained embedding, and a prototype whose held-out questions had such words, or ended like another family's
+# training questions, measured phrasing luck instead of skill (asked "in which part of the image is the
+# object?", its base answered "triangle"). ``tests/test_zoo_tasks.py`` checks both properties.
+QUESTION_CORES: dict[str, tuple[str, ...]] = {
+    "colour": ("what colour is the shape", "what is the colour of the shape", "which colour is the shape"),
+    "shape": ("what shape is this", "what is the shape", "which shape is it"),
+    "count": ("how many shapes are there", "what is the number of shapes", "how many shapes are shown"),
+    "position": ("where is the shape", "which side is the shape on", "on which side is the shape"),
+    "size": ("how big is the shape", "what size is the shape", "which size is the shape"),
+}
+TRAIN_FRAMES: tuple[str, ...] = ("{}?", "{} in the image?")
+HELD_OUT_FRAME = "in the image {}?"
+
 # Training phrasings (also used by the held-in MC split) and held-out phrasings: disjoint sets.
 TRAIN_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "colour": ("what colour is the shape?", "what is the colour of the shape?", "which colour is the shape?"),
-    "shape": ("what shape is this?", "which shape is in the image?", "what is the shape in the image?"),
-    "count": ("how many shapes are there?", "how many shapes are in the image?", "count the shapes."),
-    "position": ("where is the shape?", "where is the shape in the image?", "which side is the shape on?"),
-    "size": ("how big is the shape?", "what size is the shape?", "which size is the shape?"),
+    family: tuple(frame.format(core) for core in cores for frame in TRAIN_FRAMES)
+    for family, cores in QUESTION_CORES.items()
 }
 HELD_OUT_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "colour": ("the object has which colour?", "tell me the colour of the object."),
-    "shape": ("name the shape you see.", "the object has which shape?"),
-    "count": ("what is the number of shapes?", "tell me how many objects you see."),
-    "position": ("in which part of the image is the object?", "tell me where the object is."),
-    "size": ("the object has which size?", "tell me the size of the object."),
+    family: tuple(HELD_OUT_FRAME.format(core) for core in cores) for family, cores in QUESTION_CORES.items()
 }
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?|[0-9]+|[^\sA-Za-z0-9]")
@@ -142,9 +154,12 @@ def _random_box(rng: random.Random, side: int) -> tuple[int, int]:
 
 
 def _draw_colour(rng: random.Random) -> tuple[Image.Image, str]:
+    """A shape in one of :data:`COLOURS` dimmed to 45-100 % brightness: naming it takes channel ratios."""
     colour, shape, side = rng.choice(tuple(COLOURS)), rng.choice(SHAPES), rng.randint(10, 16)
+    brightness = rng.uniform(COLOUR_BRIGHTNESS, 1.0)
+    rgb = tuple(round(channel * brightness) for channel in COLOURS[colour])
     image = new_canvas()
-    draw_shape(image, shape, *_random_box(rng, side), side, COLOURS[colour])
+    draw_shape(image, shape, *_random_box(rng, side), side, rgb)
     return image, colour
 
 
