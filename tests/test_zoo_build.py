@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from safetensors import safe_open
 from zoo_fixtures import MICRO_PRESET, mini_zoo  # noqa: F401
 
-from uqmerge.errors import OutputError
+from uqmerge.errors import ConfigError, OutputError
 from uqmerge.evaluate.open_ended import evaluate_open_ended, load_open_items, normalise_answer
 from uqmerge.uq.prompts import format_user_text, resolve_option_token_ids
 from uqmerge.zoo.build import build_zoo, read_manifest
@@ -226,3 +227,9 @@ def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: 
     second = {k: v for k, v in _file_hashes(again).items() if k.endswith(".safetensors")}
     assert len(first) == 1 + len(PRESETS["mini"].experts)
     assert first == second
+
+
+@pytest.mark.parametrize("field", ["eval_items_per_family", "held_out_items_per_family"])
+def test_preset_with_an_empty_evaluation_split_is_refused(field: str) -> None:
+    with pytest.raises(ConfigError, match="at least one item per family"):
+        dataclasses.replace(PRESETS["mini"], **{field: 0})

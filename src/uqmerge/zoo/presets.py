@@ -108,7 +108,7 @@ class ZooPreset:
                 raise ConfigError(f"expert {expert.id!r}: replay must lie in [0, 1), got {expert.replay}")
             if expert.family not in FAMILIES:
                 raise ConfigError(f"expert {expert.id!r}: unknown family {expert.family!r} ({', '.join(FAMILIES)})")
-        if self.eval_items_per_family < 1 or (self.held_out_items_per_family or 1) < 1:
+        if self.eval_items_per_family < 1 or self.held_out_items < 1:
             raise ConfigError(f"preset {self.name!r}: every evaluation split needs at least one item per family")
         for family in self.base.families:
             if family not in FAMILIES:
