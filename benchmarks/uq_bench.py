@@ -66,13 +66,12 @@ def _prep_only(processor, datasets, config) -> float:
     return time.perf_counter() - start
 
 
-def _forward_only(model, processor, datasets, config, batch_size: int, repeats: int) -> float:
+def _forward_only(model, processor, requests, config, batch_size: int, repeats: int) -> float:
     """Best of ``repeats`` timings of the model forward passes alone (inputs built and encoded beforehand) at
     ``batch_size``: what batching can speed up at most, since every other step costs the same per pass."""
     from uqmerge.uq.perturb import inference_mode
     from uqmerge.uq.scoring import scoring_inputs
 
-    requests = _requests(processor, datasets, config)
     batches = [
         scoring_inputs(model, processor, requests[i : i + batch_size]) for i in range(0, len(requests), batch_size)
     ]
@@ -150,8 +149,9 @@ def main() -> None:
                     for a, b in zip(x.probs[0], y.probs[0], strict=True)
                 )
                 print(f"{'':<6} max |p_batched - p_batch1| = {gap:.2e}")
+            requests = _requests(processor, datasets, base)
             forward = {
-                batch: _forward_only(model, processor, datasets, base, batch, args.repeats)
+                batch: _forward_only(model, processor, requests, base, batch, args.repeats)
                 for batch in (1, args.batch_size)
             }
             print(
