@@ -15,11 +15,21 @@ from zoo_fixtures import MICRO_PRESET, mini_zoo  # noqa: F401
 from uqmerge.errors import ConfigError, OutputError
 from uqmerge.evaluate.open_ended import evaluate_open_ended, load_open_items, normalise_answer
 from uqmerge.uq.prompts import format_user_text, resolve_option_token_ids
-from uqmerge.zoo.build import build_zoo, read_manifest
-from uqmerge.zoo.model import load_zoo_model, mc_prompt, normalise_pixels, pixel_tensor
+from uqmerge.zoo.build import build_zoo, families_to_train, read_manifest
+from uqmerge.zoo.model import END_TOKEN, init_base_model, load_zoo_model, mc_prompt, normalise_pixels, pixel_tensor
 from uqmerge.zoo.presets import PRESETS
 from uqmerge.zoo.tasks import FAMILIES, generate_family, mc_options
-from uqmerge.zoo.train import IGNORE_INDEX, build_training_set, encode_examples, item_examples
+from uqmerge.zoo.train import (
+    IGNORE_INDEX,
+    EncodedPool,
+    FamilyGate,
+    TrainConfig,
+    TrainingSet,
+    _sample_batch,
+    build_training_set,
+    encode_examples,
+    item_examples,
+)
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
@@ -233,3 +243,88 @@ def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: 
 def test_preset_with_an_empty_evaluation_split_is_refused(field: str) -> None:
     with pytest.raises(ConfigError, match="at least one item per family"):
         dataclasses.replace(PRESETS["mini"], **{field: 0})
+
+
+def test_families_to_train_keeps_those_below_the_target_else_the_lowest() -> None:
+    accuracy = {"colour": 0.62, "shape": 0.31, "count": 0.5, "size": 0.49}
+    assert families_to_train(accuracy, 0.5) == ["shape", "size"]  # 0.5 is at the target: held
+    assert families_to_train(accuracy, 0.3) == ["shape"]  # every family at or above: the lowest trains
+    assert families_to_train({"count": 0.9, "size": 0.9}, 0.5) == ["count"]  # a tie: the first
+
+
+def test_family_gate_draws_rows_of_active_families_only(micro_zoos: tuple[Path, Path]) -> None:
+    _, processor = load_zoo_model(micro_zoos[0] / "models" / "base")
+    # Images 0-2 are black (family 0), 3-5 white (family 1); each pool row i shows image i.
+    pixels = torch.cat(
+        [torch.zeros(3, 3, 32, 32, dtype=torch.uint8), torch.full((3, 3, 32, 32), 255, dtype=torch.uint8)]
+    )
+    pool = EncodedPool(
+        torch.ones(6, 4, dtype=torch.long),
+        torch.ones(6, 4, dtype=torch.long),
+        torch.ones(6, 4, dtype=torch.long),
+        torch.arange(6),
+    )
+    data = TrainingSet(pixels, {"open": pool, "mc": pool})
+    config = TrainConfig(steps=1, lr=1e-3, batch_size=16)
+    gate = FamilyGate(torch.tensor([0, 0, 0, 1, 1, 1]))
+    white = normalise_pixels(pixels[3:4], processor)[0]
+    black = normalise_pixels(pixels[:1], processor)[0]
+    gate.active = {1}
+    batch = _sample_batch(data, config, torch.Generator().manual_seed(0), processor, gate)
+    assert all(torch.equal(image, white) for image in batch["pixel_values"])
+    gate.active = {0}
+    batch = _sample_batch(data, config, torch.Generator().manual_seed(0), processor, gate)
+    assert all(torch.equal(image, black) for image in batch["pixel_values"])
+    gate.active = None
+    batch = _sample_batch(data, config, torch.Generator().manual_seed(1), processor, gate)
+    seen = {torch.equal(image, white) for image in batch["pixel_values"]}
+    assert seen == {True, False}  # 16 draws from both halves
+    gate.active = {7}
+    with pytest.raises(ConfigError, match="no training rows"):
+        _sample_batch(data, config, torch.Generator().manual_seed(0), processor, gate)
+
+
+def test_held_base_trains_only_the_families_its_last_check_found_below_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uqmerge.zoo.train as train_module
+
+    base = dataclasses.replace(MICRO_PRESET.base, hold_below=0.5, hold_check_every=4, hold_validation_items=3)
+    preset = dataclasses.replace(MICRO_PRESET, name="micro-held", base=base, experts=MICRO_PRESET.experts[:1])
+    drawn: list[frozenset[int] | None] = []
+    original = train_module._sample_batch
+
+    def spy(data, config, generator, processor, gate=None):
+        if gate is not None:  # the base's batches only (experts have no gate)
+            drawn.append(None if gate.active is None else frozenset(gate.active))
+        return original(data, config, generator, processor, gate)
+
+    monkeypatch.setattr(train_module, "_sample_batch", spy)
+    manifest = read_manifest(build_zoo(tmp_path / "held", preset, seed=3))
+    trace = manifest["base"]["hold_trace"]
+    assert [entry["step"] for entry in trace] == [4, 8, 12]
+    assert len(drawn) == 12 and drawn[:4] == [None] * 4  # every family until the first check
+    for entry in trace:
+        assert set(entry["accuracy"]) == set(FAMILIES)
+        below = [f for f in FAMILIES if entry["accuracy"][f] < 0.5]
+        assert entry["training"] == (below or [min(FAMILIES, key=lambda f: entry["accuracy"][f])])
+    for check, entry in enumerate(trace[:2]):
+        expected = frozenset(FAMILIES.index(f) for f in entry["training"])
+        assert drawn[4 * (check + 1) : 4 * (check + 2)] == [expected] * 4
+
+
+def test_base_recipe_refuses_a_target_outside_zero_to_one() -> None:
+    with pytest.raises(ConfigError, match="hold_below"):
+        dataclasses.replace(PRESETS["mini"].base, hold_below=1.5)
+    with pytest.raises(ConfigError, match="hold_check_every"):
+        dataclasses.replace(PRESETS["mini"].base, hold_below=0.5, hold_check_every=0)
+
+
+def test_a_freshly_initialised_model_stops_generating_at_the_end_token(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+    # An in-memory model scored before its first save (the held base's checks) must stop where a saved one does.
+    fresh, processor = load_zoo_model(init_base_model(tmp_path / "init", PRESETS["mini"].architecture, seed=1))
+    saved, _ = load_zoo_model(mini_zoo / "models" / "base")
+    end_id = processor.tokenizer.convert_tokens_to_ids(END_TOKEN)
+    assert end_id in fresh.generation_config.eos_token_id
+    assert fresh.generation_config.eos_token_id == saved.generation_config.eos_token_id
+    assert fresh.generation_config.pad_token_id == processor.tokenizer.pad_token_id

@@ -9,10 +9,12 @@ Layout of a zoo directory::
     models/<expert-id>/            one directory per expert, same format
 
 Recipe: task items of the zoo seed (:func:`uqmerge.zoo.tasks.generate_family`); a random tiny LLaVA
-trained on every family for a short, fixed number of steps (it partly knows each family); then each
-expert fine-tuned from the base on one family with the vision tower frozen (checked bit-identical to
-the base's after training). The base trains on the first ``train_items_per_family`` items of each
-family's ``train`` split, the experts on the next ``train_items_per_family`` ones.
+trained on every family for a short, fixed number of steps (it partly knows each family), or held
+below a target accuracy per family (``BaseRecipe.hold_below``; its validation trace goes into the
+manifest); then each expert fine-tuned from the base on one family with the vision tower frozen
+(checked bit-identical to the base's after training). The base trains on the first
+``train_items_per_family`` items of each family's ``train`` split, the experts on the next
+``train_items_per_family`` ones (a held base validates on the items after those).
 
 Determinism: every seed is derived from the zoo seed with SHA-256 (:func:`uqmerge.uq.seeding.derive_seed`),
 training uses deterministic algorithms and no dropout, so the same seed, preset, library versions and
@@ -28,7 +30,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -42,9 +44,16 @@ import uqmerge
 from uqmerge.errors import CheckpointError, OutputError
 from uqmerge.uq.seeding import derive_seed
 from uqmerge.zoo.model import init_base_model, load_zoo_model, save_zoo_model
-from uqmerge.zoo.presets import PRESETS, ExpertRecipe, ZooPreset, resolve_preset
+from uqmerge.zoo.presets import PRESETS, BaseRecipe, ExpertRecipe, ZooPreset, resolve_preset
 from uqmerge.zoo.tasks import FAMILIES, TaskItem, generate_family, write_eval_sets
-from uqmerge.zoo.train import TrainConfig, TrainingSet, build_training_set, train_model, vision_tower_of
+from uqmerge.zoo.train import (
+    FamilyGate,
+    TrainConfig,
+    TrainingSet,
+    build_training_set,
+    train_model,
+    vision_tower_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +95,42 @@ def _reusable(out: Path, preset: ZooPreset, seed: int) -> bool:
     return same and all(p and (out / p).exists() for p in paths)
 
 
-def _split_items(family: str, n: int, seed: int) -> tuple[list[TaskItem], list[TaskItem]]:
-    """The base's and the experts' training items of ``family``: two disjoint runs of the train split."""
-    items = generate_family(family, "train", 2 * n, seed)
-    return items[:n], items[n:]
+def _split_items(
+    family: str, n: int, seed: int, validation: int = 0
+) -> tuple[list[TaskItem], list[TaskItem], list[TaskItem]]:
+    """The base's, the experts' and the held base's validation items of ``family``: disjoint runs of the
+    train split (growing ``validation`` leaves the first two unchanged)."""
+    items = generate_family(family, "train", 2 * n + validation, seed)
+    return items[:n], items[n : 2 * n], items[2 * n :]
+
+
+def families_to_train(accuracy: Mapping[str, float], target: float) -> list[str]:
+    """The families a held base keeps training on: those scoring below ``target``, else the lowest one."""
+    below = [family for family, score in accuracy.items() if score < target]
+    return below or [min(accuracy, key=lambda family: accuracy[family])]
+
+
+class _HoldBelow:
+    """Steers a held base's :class:`FamilyGate` from its validation scores every ``check_every`` steps."""
+
+    def __init__(self, model: Any, processor: Any, items: Sequence[TaskItem], recipe: BaseRecipe, gate: FamilyGate):
+        from uqmerge.evaluate.open_ended import OpenItem
+
+        self.model, self.processor, self.recipe, self.gate = model, processor, recipe, gate
+        self.items = [OpenItem(item.id, item.family, item.question, item.answer, item.image) for item in items]
+        self.trace: list[dict[str, Any]] = []
+
+    def __call__(self, step: int) -> None:
+        if (step + 1) % self.recipe.hold_check_every:
+            return
+        from uqmerge.evaluate.open_ended import evaluate_open_ended
+
+        accuracy = evaluate_open_ended(self.model, self.processor, self.items, batch_size=100)["accuracy"]
+        training = families_to_train(accuracy, self.recipe.hold_below)
+        self.gate.active = {FAMILIES.index(family) for family in training}
+        self.trace.append(
+            {"step": step + 1, "accuracy": {f: round(a, 4) for f, a in accuracy.items()}, "training": training}
+        )
 
 
 @contextmanager
@@ -161,10 +202,16 @@ def _train(
     config: TrainConfig,
     label: str,
     on_step: StepCallback | None,
+    hold: _HoldBelow | None = None,
 ) -> dict[str, Any]:
-    stats = train_model(
-        model, data, config, processor, on_step=(lambda step, _loss: on_step(label, step)) if on_step else None
-    )
+    def after_step(step: int, _loss: float) -> None:
+        if hold is not None:
+            hold(step)
+        if on_step is not None:
+            on_step(label, step)
+
+    gate = None if hold is None else hold.gate
+    stats = train_model(model, data, config, processor, on_step=after_step, gate=gate)
     return {
         "train_seconds": round(stats.seconds, 3),
         "final_loss": None if stats.final_loss is None else round(stats.final_loss, 6),
@@ -223,7 +270,8 @@ class _ZooBuilder:
         if preset.evaluate:
             self.evaluator = _Evaluator(paths["held_out"])
         families = dict.fromkeys((*preset.base.families, *(e.family for e in preset.experts)))
-        self.train_items = {f: _split_items(f, preset.train_items_per_family, self.seed) for f in families}
+        held = preset.base.hold_validation_items if preset.base.hold_below is not None else 0
+        self.train_items = {f: _split_items(f, preset.train_items_per_family, self.seed, held) for f in families}
         self.taught = {
             family: [item for item in self.train_items[family][0] if preset.base.teaches(family, item.answer)]
             for family in preset.base.families
@@ -274,9 +322,17 @@ class _ZooBuilder:
             train_vision_tower=True,
             seed=base_seed,
         )
-        stats = _train(self.model, self.processor, self._training_set(items, base_seed), config, "base", self.on_step)
+        hold = None
+        if recipe.hold_below is not None:
+            gate = FamilyGate(torch.tensor([FAMILIES.index(item.family) for item in items]))
+            validation = [item for family in recipe.families for item in self.train_items[family][2]]
+            hold = _HoldBelow(self.model, self.processor, validation, recipe, gate)
+        data = self._training_set(items, base_seed)
+        stats = _train(self.model, self.processor, data, config, "base", self.on_step, hold)
         entry = {"id": "base", "path": "models/base", "recipe": asdict(recipe), "init_seed": init_seed}
         entry |= {"seed": base_seed, **stats}
+        if hold is not None:
+            entry["hold_trace"] = hold.trace
         self._finish("base", entry["path"])
         logger.info("trained the base in %.1f s", entry["train_seconds"])
         return entry

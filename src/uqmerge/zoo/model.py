@@ -88,6 +88,9 @@ def load_zoo_model(path: str | Path) -> tuple[Any, Any]:
         raise CheckpointError(f"{directory} has no config.json; build the zoo first (uqmerge zoo build DIR)")
     model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(directory)
+    # A freshly initialised model's directory has no zoo generation config: without it, generation runs on
+    # past ``<|end|>`` and exact match reads a right answer as wrong ("green green green green").
+    configure_generation(model, processor)
     return model.eval(), processor
 
 
@@ -97,15 +100,20 @@ def stop_token_ids(processor: Any) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(END_TOKEN), tokenizer.eos_token_id]
 
 
-def save_zoo_model(model: Any, processor: Any, path: str | Path) -> Path:
-    """``save_pretrained`` the model (with a greedy, ``<|end|>``-stopping generation config) and processor."""
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
+def configure_generation(model: Any, processor: Any) -> None:
+    """Give ``model`` the zoo's generation config: greedy, stopping at ``<|end|>`` or ``</s>``."""
     generation = model.generation_config
     generation.eos_token_id = stop_token_ids(processor)
     generation.pad_token_id = processor.tokenizer.pad_token_id
     generation.do_sample = False
     generation.max_new_tokens = MAX_NEW_TOKENS
+
+
+def save_zoo_model(model: Any, processor: Any, path: str | Path) -> Path:
+    """``save_pretrained`` the model (with a greedy, ``<|end|>``-stopping generation config) and processor."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    configure_generation(model, processor)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

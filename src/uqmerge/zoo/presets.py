@@ -36,6 +36,12 @@ class BaseRecipe:
 
     ``answers_per_family`` (optional) keeps only the items whose answer is among the first that many
     answers of their family, so the base cannot know the others.
+
+    ``hold_below`` (optional) holds every family under a target instead of stopping the base wherever
+    training happens to be: every ``hold_check_every`` steps the base answers ``hold_validation_items``
+    training-phrased questions per family about images no split uses, and a family whose exact match is
+    at least ``hold_below`` is left out of the batches until it falls below again (when every family is
+    at or above it, the lowest one keeps training).
     """
 
     steps: int
@@ -43,6 +49,18 @@ class BaseRecipe:
     batch_size: int = 64
     families: tuple[str, ...] = FAMILIES
     answers_per_family: int | None = None
+    hold_below: float | None = None
+    hold_check_every: int = 50
+    hold_validation_items: int = 60
+
+    def __post_init__(self) -> None:
+        if self.hold_below is not None and not 0.0 < self.hold_below <= 1.0:
+            raise ConfigError(f"base recipe: hold_below must lie in (0, 1], got {self.hold_below}")
+        if self.hold_check_every < 1 or self.hold_validation_items < 1:
+            raise ConfigError(
+                "base recipe: hold_check_every and hold_validation_items must be at least 1, got "
+                f"{self.hold_check_every} and {self.hold_validation_items}"
+            )
 
     def teaches(self, family: str, answer: str) -> bool:
         """Whether the base's training data contains items of ``family`` answered ``answer``."""

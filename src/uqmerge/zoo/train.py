@@ -69,6 +69,28 @@ class TrainingSet:
     pools: Mapping[str, EncodedPool]
 
 
+@dataclass
+class FamilyGate:
+    """Which task families a batch may draw from: ``image_family[i]`` is image ``i``'s family index.
+
+    ``active`` is ``None`` (every row) or a set of family indices; whoever trains the model may change it
+    between steps (the zoo's held base does, from its validation scores).
+    """
+
+    image_family: Tensor
+    active: set[int] | None = None
+
+    def rows(self, pool: EncodedPool) -> Tensor | None:
+        """Indices of ``pool``'s rows whose image is of an active family (``None``: all rows)."""
+        if self.active is None:
+            return None
+        wanted = torch.tensor(sorted(self.active), dtype=self.image_family.dtype)
+        rows = torch.nonzero(torch.isin(self.image_family[pool.image_index], wanted)).squeeze(1)
+        if len(rows) == 0:
+            raise ConfigError(f"no training rows belong to the active families {sorted(self.active)}")
+        return rows
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: AdamW, linear warm-up then cosine decay to ``final_lr_fraction`` of ``lr``."""
@@ -252,7 +274,11 @@ def deterministic_training() -> Iterator[None]:
 
 
 def _sample_batch(
-    data: TrainingSet, config: TrainConfig, generator: torch.Generator, processor: Any
+    data: TrainingSet,
+    config: TrainConfig,
+    generator: torch.Generator,
+    processor: Any,
+    gate: FamilyGate | None = None,
 ) -> dict[str, Tensor]:
     available = [fmt for fmt in FORMATS if len(data.pools.get(fmt, ())) > 0]
     draw = float(torch.rand((), generator=generator))
@@ -260,7 +286,11 @@ def _sample_batch(
     if fmt not in available:
         fmt = available[0]
     pool = data.pools[fmt]
-    rows = torch.randint(len(pool), (config.batch_size,), generator=generator)
+    allowed = None if gate is None else gate.rows(pool)
+    if allowed is None:
+        rows = torch.randint(len(pool), (config.batch_size,), generator=generator)
+    else:
+        rows = allowed[torch.randint(len(allowed), (config.batch_size,), generator=generator)]
     mask = pool.attention_mask[rows]
     width = int(mask.sum(dim=1).max())
     return {
@@ -278,11 +308,14 @@ def train_model(
     processor: Any,
     *,
     on_step: Callable[[int, float], None] | None = None,
+    gate: FamilyGate | None = None,
 ) -> TrainStats:
     """Train ``model`` in place for ``config.steps`` steps; the vision tower is frozen unless configured.
 
-    ``on_step(step, loss)`` is called after every step (for progress bars). The model is left in eval
-    mode with every parameter's ``requires_grad`` restored.
+    ``on_step(step, loss)`` is called after every step (for progress bars, and for whoever steers
+    ``gate``, which restricts batches to some families). The model is left in eval mode with every
+    parameter's ``requires_grad`` restored; a callback that evaluates the model must put it back in
+    train mode.
     """
     if not any(len(pool) for pool in data.pools.values()):
         raise ConfigError("the training set is empty; give the expert at least one task family with items")
@@ -311,7 +344,7 @@ def train_model(
             for step in range(config.steps):
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr_at(step)
-                batch = _sample_batch(data, config, generator, processor)
+                batch = _sample_batch(data, config, generator, processor, gate)
                 loss = model(**batch, use_cache=False).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
