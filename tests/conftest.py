@@ -15,6 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["UQMERGE_CACHE"] = tempfile.mkdtemp(prefix="uqmerge-test-cache-")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# Registered here, once: a session fixture imported into several test modules is a separate fixture in
+# each, and the mini zoo would be built once per importing module.
+from zoo_fixtures import mini_zoo  # noqa: E402, F401
+
 
 def _family(root: Path, builder, n_experts: int = 3) -> dict[str, Path]:
     from uqmerge.checkpoint.synthetic import make_fake_finetune

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from zoo_fixtures import MICRO_PRESET, mini_zoo  # noqa: F401
+from zoo_fixtures import MICRO_PRESET
 
 from uqmerge.errors import ConfigError, OutputError
 from uqmerge.evaluate.open_ended import evaluate_open_ended, load_open_items, normalise_answer
@@ -86,7 +86,7 @@ def test_existing_zoo_is_reused_and_foreign_dirs_refused(micro_zoos: tuple[Path,
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
-def test_manifest_is_complete(mini_zoo: Path) -> None:  # noqa: F811
+def test_manifest_is_complete(mini_zoo: Path) -> None:
     manifest = read_manifest(mini_zoo)
     preset = PRESETS["mini"]
     assert manifest["preset"] == "mini" and manifest["seed"] == 0
@@ -116,7 +116,7 @@ def test_manifest_is_complete(mini_zoo: Path) -> None:  # noqa: F811
     assert set(manifest["held_out_exact_match"]) == {"base", *(e["id"] for e in experts)}
 
 
-def test_every_model_loads_and_generates(mini_zoo: Path) -> None:  # noqa: F811
+def test_every_model_loads_and_generates(mini_zoo: Path) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     manifest = read_manifest(mini_zoo)
@@ -137,7 +137,7 @@ def test_every_model_loads_and_generates(mini_zoo: Path) -> None:  # noqa: F811
         assert processor.decode(new, skip_special_tokens=True).strip()
 
 
-def test_vision_tower_is_bit_identical_across_base_and_experts(mini_zoo: Path) -> None:  # noqa: F811
+def test_vision_tower_is_bit_identical_across_base_and_experts(mini_zoo: Path) -> None:
     manifest = read_manifest(mini_zoo)
     base = _tensors(mini_zoo / manifest["base"]["path"])
     vision = [k for k in base if k.startswith("vision_tower.")]
@@ -151,7 +151,7 @@ def test_vision_tower_is_bit_identical_across_base_and_experts(mini_zoo: Path) -
         assert any(k.startswith("multi_modal_projector.") for k in changed), entry["id"]
 
 
-def test_specialists_beat_the_base_on_their_family(mini_zoo: Path) -> None:  # noqa: F811
+def test_specialists_beat_the_base_on_their_family(mini_zoo: Path) -> None:
     manifest = read_manifest(mini_zoo)
     base_model, processor = load_zoo_model(mini_zoo / manifest["base"]["path"])
     for entry in manifest["experts"]:
@@ -165,7 +165,7 @@ def test_specialists_beat_the_base_on_their_family(mini_zoo: Path) -> None:  # n
         assert manifest["held_out_exact_match"][entry["id"]][entry["family"]] == pytest.approx(score, abs=1e-4)
 
 
-def test_batched_generation_matches_one_by_one(mini_zoo: Path) -> None:  # noqa: F811
+def test_batched_generation_matches_one_by_one(mini_zoo: Path) -> None:
     model, processor = load_zoo_model(mini_zoo / "models" / "base")
     items = [
         *load_open_items(mini_zoo / "data" / "held_out" / "count.jsonl")[:4],
@@ -182,7 +182,7 @@ def test_normalise_answer() -> None:
     assert normalise_answer("None  of the above") == "none of the above"
 
 
-def test_training_examples_match_the_processor_and_the_uq_format(mini_zoo: Path) -> None:  # noqa: F811
+def test_training_examples_match_the_processor_and_the_uq_format(mini_zoo: Path) -> None:
     _, processor = load_zoo_model(mini_zoo / "models" / "base")
     items = generate_family("size", "train", 3, seed=11)
     examples = item_examples(items, processor, seed=0, system_fraction=0.0)
@@ -204,7 +204,7 @@ def test_training_examples_match_the_processor_and_the_uq_format(mini_zoo: Path)
     torch.testing.assert_close(pixels, reference["pixel_values"], atol=1e-6, rtol=0)
 
 
-def test_corrupted_label_map_teaches_the_wrong_letter(mini_zoo: Path) -> None:  # noqa: F811
+def test_corrupted_label_map_teaches_the_wrong_letter(mini_zoo: Path) -> None:
     _, processor = load_zoo_model(mini_zoo / "models" / "base")
     expert = next(e for e in PRESETS["default"].experts if e.corruption == "permuted")
     items = generate_family(expert.family, "train", 8, seed=1)
@@ -217,7 +217,7 @@ def test_corrupted_label_map_teaches_the_wrong_letter(mini_zoo: Path) -> None:  
         assert tokenizer.convert_ids_to_tokens(int(labels[labels != IGNORE_INDEX][0])) == taught
 
 
-def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:  # noqa: F811
+def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
@@ -231,7 +231,7 @@ def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:  # noqa: F811
     assert bad.exit_code != 0
 
 
-def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: Path, tmp_path: Path) -> None:
     again = build_zoo(tmp_path / "mini-again", "mini", seed=0)
     first = {k: v for k, v in _file_hashes(mini_zoo).items() if k.endswith(".safetensors")}
     second = {k: v for k, v in _file_hashes(again).items() if k.endswith(".safetensors")}
@@ -320,7 +320,7 @@ def test_base_recipe_refuses_a_target_outside_zero_to_one() -> None:
         dataclasses.replace(PRESETS["mini"].base, hold_below=0.5, hold_check_every=0)
 
 
-def test_a_freshly_initialised_model_stops_generating_at_the_end_token(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_freshly_initialised_model_stops_generating_at_the_end_token(mini_zoo: Path, tmp_path: Path) -> None:
     # An in-memory model scored before its first save (the held base's checks) must stop where a saved one does.
     fresh, processor = load_zoo_model(init_base_model(tmp_path / "init", PRESETS["mini"].architecture, seed=1))
     saved, _ = load_zoo_model(mini_zoo / "models" / "base")

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from typer.testing import CliRunner
-from zoo_fixtures import mini_zoo  # noqa: F401
 
 from uqmerge.cli import app
 from uqmerge.demo import demo_run_config
@@ -21,7 +20,7 @@ def _held_in(zoo: Path) -> list[str]:
     return zoo_eval_specs(read_manifest(zoo), zoo)["held_in"]
 
 
-def test_uq_command_on_zoo_experts_gives_finite_nonnegative_mi_per_family(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_uq_command_on_zoo_experts_gives_finite_nonnegative_mi_per_family(mini_zoo: Path, tmp_path: Path) -> None:
     manifest = read_manifest(mini_zoo)
     expert = mini_zoo / manifest["experts"][0]["path"]
     out = tmp_path / "uq.json"
@@ -35,7 +34,7 @@ def test_uq_command_on_zoo_experts_gives_finite_nonnegative_mi_per_family(mini_z
     assert record["score"] == pytest.approx(sum(per_dataset) / len(per_dataset), abs=1e-6)
 
 
-def test_eval_command_matches_the_in_memory_evaluator_of_the_base(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_eval_command_matches_the_in_memory_evaluator_of_the_base(mini_zoo: Path, tmp_path: Path) -> None:
     manifest = read_manifest(mini_zoo)
     specs = zoo_eval_specs(manifest, mini_zoo)
     data = [*specs["held_in"], *specs["held_out"]]
@@ -51,7 +50,7 @@ def test_eval_command_matches_the_in_memory_evaluator_of_the_base(mini_zoo: Path
     assert cli["open_accuracy"] == pytest.approx(mine["open_accuracy"])
 
 
-def test_merge_evaluator_single_expert_after_other_merges_is_that_expert(mini_zoo: Path) -> None:  # noqa: F811
+def test_merge_evaluator_single_expert_after_other_merges_is_that_expert(mini_zoo: Path) -> None:
     manifest = read_manifest(mini_zoo)
     specs = zoo_eval_specs(manifest, mini_zoo)
     experts = {e["id"]: mini_zoo / e["path"] for e in manifest["experts"]}
@@ -72,7 +71,7 @@ def test_merge_evaluator_single_expert_after_other_merges_is_that_expert(mini_zo
         torch.testing.assert_close(state[layout.module_name(name)], tensor.float(), rtol=0, atol=0, msg=name)
 
 
-def test_uq_merge_run_on_the_zoo_writes_the_selected_merge(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_uq_merge_run_on_the_zoo_writes_the_selected_merge(mini_zoo: Path, tmp_path: Path) -> None:
     from uqmerge.pipeline.config import parse_run_config
     from uqmerge.pipeline.runner import run_uq_merge
 
@@ -95,7 +94,7 @@ def test_uq_merge_run_on_the_zoo_writes_the_selected_merge(mini_zoo: Path, tmp_p
     assert (tmp_path / "run" / "report.md").is_file()
 
 
-def test_demo_on_the_mini_zoo_prints_every_row_and_writes_results(mini_zoo: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_demo_on_the_mini_zoo_prints_every_row_and_writes_results(mini_zoo: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     workdir.mkdir()
     (workdir / "zoo-mini-seed0").symlink_to(mini_zoo, target_is_directory=True)

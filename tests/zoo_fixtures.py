@@ -1,10 +1,10 @@
 """Session-scoped zoo fixtures: the real ``mini`` zoo, built once, and a micro preset for quick builds.
 
-Use from a test module with ``from zoo_fixtures import mini_zoo  # noqa: F401`` (pytest puts ``tests/``
-on ``sys.path``). ``mini_zoo`` is the path of a zoo built by :func:`uqmerge.zoo.build.build_zoo` with
-preset ``mini`` and seed 0 (about a minute on 2 cores). Set ``UQMERGE_TEST_ZOO_DIR`` to build it
-there instead of a temporary directory: a later session then reuses it (same preset, seed and code
-version) in a second.
+``tests/conftest.py`` registers ``mini_zoo`` for every test module (importing it into a module
+instead would make a second session fixture and a second build). ``mini_zoo`` is the path of a zoo
+built by :func:`uqmerge.zoo.build.build_zoo` with preset ``mini`` and seed 0 (about a minute on 2
+cores). Set ``UQMERGE_TEST_ZOO_DIR`` to build it there instead of a temporary directory: a later
+session then reuses it (same preset, seed and code version) in a second.
 """
 
 from __future__ import annotations
