@@ -192,7 +192,12 @@ def write_table(
         "table": table_id,
         "title": title,
         "command": command,
-        "zoo": {"preset": z.manifest["preset"], "seed": z.manifest["seed"], "path": str(z.path)},
+        "zoo": {
+            "preset": z.manifest["preset"],
+            "seed": z.manifest["seed"],
+            "code_version": z.manifest["code_version"],
+            "path": str(z.path),
+        },
         "wall_s": wall,
     }
     table = markdown_table(columns, rows)
@@ -202,7 +207,8 @@ def write_table(
         )
         + "\n"
     )
-    text = f"### {title}\n\n`{command}` (zoo `{z.manifest['preset']}`, seed {z.manifest['seed']}"
+    zoo_name = f"zoo `{z.manifest['preset']}` v{z.manifest['code_version']}"
+    text = f"### {title}\n\n`{command}` ({zoo_name}, seed {z.manifest['seed']}"
     text += f"; {wall:.0f} s on this machine)\n\n" if wall is not None else ")\n\n"
     text += table + "\n" + (f"\n{notes.strip()}\n" if notes.strip() else "")
     (out / f"{table_id}.md").write_text(text)

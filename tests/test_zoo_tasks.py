@@ -117,6 +117,20 @@ def test_answer_matches_image(family, split):
         assert read_answer(family, item.image) == item.answer, item.id
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_shape_family_centres_each_shape_on_a_corner_of_four_patches(split):
+    # The 2-layer CLIP reads 8 px patches: each of the four patches around the corner must hold part of the shape.
+    for item in generate_family("shape", split, N, seed=5):
+        pixels = set(foreground(item.image))
+        x0, y0, x1, y1 = bbox(pixels)
+        assert 14 <= max(x1 - x0, y1 - y0) + 1 <= 16, item.id
+        corner_x, corner_y = round((x0 + x1 + 1) / 2 / 8) * 8, round((y0 + y1 + 1) / 2 / 8) * 8
+        assert corner_x in (8, 16, 24) and corner_y in (8, 16, 24), item.id
+        assert abs((x0 + x1 + 1) / 2 - corner_x) <= 1.5 and abs((y0 + y1 + 1) / 2 - corner_y) <= 1.5, item.id
+        quarters = {(x >= corner_x, y >= corner_y) for x, y in pixels}
+        assert len(quarters) == 4, item.id
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_answer_occurs(family):
     answers = Counter(item.answer for item in generate_family(family, "train", 200, seed=0))

@@ -57,7 +57,7 @@ from uqmerge.zoo.train import (
 
 logger = logging.getLogger(__name__)
 
-ZOO_CODE_VERSION = "2"
+ZOO_CODE_VERSION = "3"
 """Bump when the builder's output for a given preset and seed changes; cached zoos are then rebuilt."""
 
 MANIFEST = "manifest.json"

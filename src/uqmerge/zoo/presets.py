@@ -178,7 +178,7 @@ PRESETS: dict[str, ZooPreset] = {
     ),
     "default": ZooPreset(
         name="default",
-        base=BaseRecipe(steps=600, lr=1e-3, batch_size=64),
+        base=BaseRecipe(steps=900, lr=1e-3, batch_size=64, hold_below=0.5, hold_check_every=25),
         experts=(
             *_specialists(FAMILIES, 400, EXPERT_LR, 64),
             ExpertRecipe("overtrained-count", "overtrained", "count", 800, EXPERT_LR, 64),

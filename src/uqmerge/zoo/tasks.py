@@ -6,7 +6,7 @@ Five families, each with exactly four single-word answers, drawn on a 32×32 bla
 | family     | image                                                 | answers                      |
 |------------|-------------------------------------------------------|------------------------------|
 | ``colour`` | one shape, 10-16 px, anywhere, at 45-100 % brightness | red, orange, yellow, green   |
-| ``shape``  | one shape, 12-18 px, anywhere                         | circle, square, triangle, cross |
+| ``shape``  | one shape, 14-16 px, centred on a patch corner ±1 px  | circle, square, triangle, cross |
 | ``count``  | 1-4 small squares, each inside its own 8 px patch     | one, two, three, four        |
 | ``position`` | one shape, 7-10 px, near the left/right/top/bottom edge | left, right, top, bottom  |
 | ``size``   | one shape whose edge is 5-6, 10-11, 15-16 or 21-23 px | small, medium, large, huge   |
@@ -79,7 +79,16 @@ QUESTION_CORES: dict[str, tuple[str, ...]] = {
     "position": ("where is the shape", "which side is the shape on", "on which side is the shape"),
     "size": ("how big is the shape", "what size is the shape", "which size is the shape"),
 }
-TRAIN_FRAMES: tuple[str, ...] = ("{}?", "{} in the image?")
+# Six training frames, not two: a 2-layer LM trained on two frames answered a third, unseen frame by luck of the
+# seed (zoo v2's position specialists: 100 % training-phrased, 64-67 % held-out on some seeds).
+TRAIN_FRAMES: tuple[str, ...] = (
+    "{}?",
+    "{} in the image?",
+    "look at the image. {}?",
+    "{}? answer with one word.",
+    "question: {}?",
+    "tell me {}.",
+)
 HELD_OUT_FRAME = "in the image {}?"
 
 # Training phrasings (also used by the held-in MC split) and held-out phrasings: disjoint sets.
@@ -164,9 +173,18 @@ def _draw_colour(rng: random.Random) -> tuple[Image.Image, str]:
 
 
 def _draw_shape(rng: random.Random) -> tuple[Image.Image, str]:
-    shape, colour, side = rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.randint(12, 18)
+    """A 14-16 px shape centred within 1 px of a corner shared by four 8 px patches.
+
+    Each of the four patches then holds one quarter of the shape, which a 2-layer CLIP can read; a shape
+    anywhere (zoo v2) straddled patches at random offsets, and specialists stalled at 55-66 %.
+    """
+    shape, colour, side = rng.choice(SHAPES), rng.choice(tuple(COLOURS)), rng.randint(14, 16)
+    corners = range(8, IMAGE_SIZE, 8)
+    x_centre, y_centre = rng.choice(corners), rng.choice(corners)
+    x0 = min(max(x_centre - side // 2 + rng.randint(-1, 1), 0), IMAGE_SIZE - side)
+    y0 = min(max(y_centre - side // 2 + rng.randint(-1, 1), 0), IMAGE_SIZE - side)
     image = new_canvas()
-    draw_shape(image, shape, *_random_box(rng, side), side, COLOURS[colour])
+    draw_shape(image, shape, x0, y0, side, COLOURS[colour])
     return image, shape
 
 
