@@ -245,11 +245,10 @@ def test_preset_with_an_empty_evaluation_split_is_refused(field: str) -> None:
         dataclasses.replace(PRESETS["mini"], **{field: 0})
 
 
-def test_families_to_train_keeps_those_below_the_target_else_the_lowest() -> None:
+def test_families_to_train_keeps_those_below_the_target_and_none_once_all_reach_it() -> None:
     accuracy = {"colour": 0.62, "shape": 0.31, "count": 0.5, "size": 0.49}
     assert families_to_train(accuracy, 0.5) == ["shape", "size"]  # 0.5 is at the target: held
-    assert families_to_train(accuracy, 0.3) == ["shape"]  # every family at or above: the lowest trains
-    assert families_to_train({"count": 0.9, "size": 0.9}, 0.5) == ["count"]  # a tie: the first
+    assert families_to_train(accuracy, 0.3) == []  # every family at or above: the base is done
 
 
 def test_family_gate_draws_rows_of_active_families_only(micro_zoos: tuple[Path, Path]) -> None:
@@ -306,11 +305,32 @@ def test_held_base_trains_only_the_families_its_last_check_found_below_target(
     assert len(drawn) == 12 and drawn[:4] == [None] * 4  # every family until the first check
     for entry in trace:
         assert set(entry["accuracy"]) == set(FAMILIES)
-        below = [f for f in FAMILIES if entry["accuracy"][f] < 0.5]
-        assert entry["training"] == (below or [min(FAMILIES, key=lambda f: entry["accuracy"][f])])
+        assert entry["training"] == [f for f in FAMILIES if entry["accuracy"][f] < 0.5]
     for check, entry in enumerate(trace[:2]):
         expected = frozenset(FAMILIES.index(f) for f in entry["training"])
         assert drawn[4 * (check + 1) : 4 * (check + 2)] == [expected] * 4
+
+
+def test_held_base_stops_at_the_first_check_that_finds_every_family_at_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uqmerge.evaluate.open_ended as open_ended
+
+    calls: list[int] = []  # every family scores 0.2 at the first check, then 0.7 (also the in-training scores)
+
+    def scores(model, processor, items, batch_size):
+        calls.append(1)
+        return {"accuracy": dict.fromkeys(FAMILIES, 0.2 if len(calls) == 1 else 0.7)}
+
+    monkeypatch.setattr(open_ended, "evaluate_open_ended", scores)
+    base = dataclasses.replace(MICRO_PRESET.base, hold_below=0.5, hold_check_every=4, hold_validation_items=3)
+    preset = dataclasses.replace(MICRO_PRESET, name="micro-stop", base=base, experts=MICRO_PRESET.experts[:1])
+    manifest = read_manifest(build_zoo(tmp_path / "held", preset, seed=3))
+    trace = manifest["base"]["hold_trace"]
+    assert [entry["step"] for entry in trace] == [4, 8]  # the ceiling is 12 steps
+    assert [entry["training"] for entry in trace] == [list(FAMILIES), []]
+    assert manifest["base"]["steps_taken"] == 8
+    assert manifest["experts"][0]["steps_taken"] == MICRO_PRESET.experts[0].steps
 
 
 def test_base_recipe_refuses_a_target_outside_zero_to_one() -> None:

@@ -37,11 +37,11 @@ class BaseRecipe:
     ``answers_per_family`` (optional) keeps only the items whose answer is among the first that many
     answers of their family, so the base cannot know the others.
 
-    ``hold_below`` (optional) holds every family under a target instead of stopping the base wherever
+    ``hold_below`` (optional) brings every family to a target instead of stopping the base wherever
     training happens to be: every ``hold_check_every`` steps the base answers ``hold_validation_items``
-    training-phrased questions per family about images no split uses, and a family whose exact match is
-    at least ``hold_below`` is left out of the batches until it falls below again (when every family is
-    at or above it, the lowest one keeps training).
+    training-phrased questions per family about images no split uses; a family whose exact match is at
+    least ``hold_below`` is left out of the batches until it falls below again, and the base stops at the
+    first check that finds every family at or above it (``steps`` is then a ceiling).
     """
 
     steps: int

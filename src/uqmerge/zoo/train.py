@@ -74,11 +74,13 @@ class FamilyGate:
     """Which task families a batch may draw from: ``image_family[i]`` is image ``i``'s family index.
 
     ``active`` is ``None`` (every row) or a set of family indices; whoever trains the model may change it
-    between steps (the zoo's held base does, from its validation scores).
+    between steps (the zoo's held base does, from its validation scores), and may set ``stop`` to end
+    training after the current step.
     """
 
     image_family: Tensor
     active: set[int] | None = None
+    stop: bool = False
 
     def rows(self, pool: EncodedPool) -> Tensor | None:
         """Indices of ``pool``'s rows whose image is of an active family (``None``: all rows)."""
@@ -126,10 +128,11 @@ class TrainConfig:
 
 @dataclass
 class TrainStats:
-    """Loss trace (mean loss per ``every`` steps) and wall time of a run."""
+    """Loss trace (mean loss per ``every`` steps), steps taken and wall time of a run."""
 
     losses: list[float] = field(default_factory=list)
     every: int = 50
+    steps: int = 0
     seconds: float = 0.0
     trainable_parameters: int = 0
 
@@ -313,9 +316,9 @@ def train_model(
     """Train ``model`` in place for ``config.steps`` steps; the vision tower is frozen unless configured.
 
     ``on_step(step, loss)`` is called after every step (for progress bars, and for whoever steers
-    ``gate``, which restricts batches to some families). The model is left in eval mode with every
-    parameter's ``requires_grad`` restored; a callback that evaluates the model must put it back in
-    train mode.
+    ``gate``, which restricts batches to some families and may stop training early). The model is left
+    in eval mode with every parameter's ``requires_grad`` restored; a callback that evaluates the model
+    must put it back in train mode.
     """
     if not any(len(pool) for pool in data.pools.values()):
         raise ConfigError("the training set is empty; give the expert at least one task family with items")
@@ -353,11 +356,16 @@ def train_model(
                 optimizer.step()
                 value = float(loss.detach())
                 window.append(value)
-                if len(window) == stats.every or step == config.steps - 1:
+                stats.steps = step + 1
+                if len(window) == stats.every:
                     stats.losses.append(sum(window) / len(window))
                     window.clear()
                 if on_step is not None:
                     on_step(step, value)
+                if gate is not None and gate.stop:
+                    break
+            if window:
+                stats.losses.append(sum(window) / len(window))
     finally:
         model.eval()
         for p, flag in saved_flags:
