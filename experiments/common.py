@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -123,16 +124,20 @@ def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> dict[str, Any]:
 
     run_dir = root / "runs" / z.path.name / name
     cfg = parse_run_config(run_config(z, **overrides), source=f"experiment {name}")
-    done = run_dir / "run.json"
-    if done.exists():
+    done, stamp = run_dir / "run.json", run_dir / "zoo-manifest.sha256"
+    # The config names model paths only; a zoo rebuilt in the same place (a new code version) holds other
+    # models, so a run is reused only if it was made on this very build of the zoo.
+    zoo_build = hashlib.sha256((z.path / "manifest.json").read_bytes()).hexdigest()
+    if done.exists() and stamp.exists() and stamp.read_text() == zoo_build:
         record = json.loads(done.read_text())
         if record["config"] == cfg.model_dump(mode="json"):
             log.info("run %s: reusing %s", name, done)
             return record
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished run or one of another config: start afresh
+        shutil.rmtree(run_dir)  # unfinished, of another config or of another zoo build: start afresh
     start = time.perf_counter()
     record = run_uq_merge(cfg, run_dir, quiet=True)
+    stamp.write_text(zoo_build)
     log.info("run %s: selected %s (%.0f s)", name, record["selected"], time.perf_counter() - start)
     return record
 
@@ -183,8 +188,12 @@ def write_table(
     data: Mapping[str, Any],
     notes: str = "",
     started: float | None = None,
+    zoo_seeds: Sequence[int] | None = None,
 ) -> None:
-    """Write ``<table_id>.json`` (``data`` + the table) and ``<table_id>.md`` under ``out``."""
+    """Write ``<table_id>.json`` (``data`` + the table) and ``<table_id>.md`` under ``out``.
+
+    ``z`` names the zoo in the header; a table made on several zoo seeds passes them as ``zoo_seeds``.
+    """
     out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     wall = None if started is None else round(time.perf_counter() - started, 1)
@@ -194,7 +203,7 @@ def write_table(
         "command": command,
         "zoo": {
             "preset": z.manifest["preset"],
-            "seed": z.manifest["seed"],
+            "seed": z.manifest["seed"] if zoo_seeds is None else list(zoo_seeds),
             "code_version": z.manifest["code_version"],
             "path": str(z.path),
         },
@@ -208,7 +217,8 @@ def write_table(
         + "\n"
     )
     zoo_name = f"zoo `{z.manifest['preset']}` v{z.manifest['code_version']}"
-    text = f"### {title}\n\n`{command}` ({zoo_name}, seed {z.manifest['seed']}"
+    seeds = f"seed {z.manifest['seed']}" if zoo_seeds is None else "seeds " + ", ".join(map(str, zoo_seeds))
+    text = f"### {title}\n\n`{command}` ({zoo_name}, {seeds}"
     text += f"; {wall:.0f} s on this machine)\n\n" if wall is not None else ")\n\n"
     text += table + "\n" + (f"\n{notes.strip()}\n" if notes.strip() else "")
     (out / f"{table_id}.md").write_text(text)

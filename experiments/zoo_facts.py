@@ -92,6 +92,7 @@ def main() -> None:
         {"per_seed": per_seed, "gains": gains},
         notes="Spread = the larger of the expert's and the base's max − min over zoo seeds (the noise floor).",
         started=started,
+        zoo_seeds=args.zoo_seeds,
     )
 
 

@@ -451,7 +451,7 @@ def build_zoo(
 def zoo_build_command(
     out_dir: Annotated[Path, typer.Argument(help="Zoo directory (created; reused if it holds the same zoo).")],
     preset: Annotated[
-        str, typer.Option(help=f"Zoo size: {' or '.join(PRESETS)} (mini ≈ 1 min, default ≈ 10 min on 2 cores).")
+        str, typer.Option(help=f"Zoo size: {' or '.join(PRESETS)} (mini ≈ 1-3 min, default ≈ 8-20 min on 2 cores).")
     ] = "mini",
     seed: Annotated[int, typer.Option(min=0, help="Zoo seed: data, initialisation and training.")] = 0,
     force: Annotated[
