@@ -348,3 +348,71 @@ def test_a_freshly_initialised_model_stops_generating_at_the_end_token(mini_zoo:
     assert end_id in fresh.generation_config.eos_token_id
     assert fresh.generation_config.eos_token_id == saved.generation_config.eos_token_id
     assert fresh.generation_config.pad_token_id == processor.tokenizer.pad_token_id
+
+
+def test_vision_pretraining_keeps_only_the_tower_and_restarts_the_language_model_from_its_init(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uqmerge.zoo.build as build_module
+    from uqmerge.zoo.train import vision_tower_of
+
+    def snapshot(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        tower = {k: v.clone() for k, v in vision_tower_of(model).state_dict().items()}
+        rest = {k: v.clone() for k, v in model.state_dict().items() if "vision_tower" not in k}
+        return tower, rest
+
+    runs: list[dict] = []
+    original = build_module.train_model
+
+    def spy(model, data, config, processor, on_step=None, gate=None):
+        before = snapshot(model)
+        stats = original(model, data, config, processor, on_step=on_step, gate=gate)
+        runs.append({"config": config, "before": before, "after": snapshot(model)})
+        return stats
+
+    monkeypatch.setattr(build_module, "train_model", spy)
+    base = dataclasses.replace(MICRO_PRESET.base, vision_pretrain_steps=5, vision_pretrain_lr=2e-3)
+    preset = dataclasses.replace(MICRO_PRESET, name="micro-vision", base=base, experts=MICRO_PRESET.experts[:1])
+    assert preset.training_runs == (("vision", 5), ("base", 12), ("specialist-count", 4))
+    assert preset.total_steps == 21
+    manifest = read_manifest(build_zoo(tmp_path / "zoo", preset, seed=3))
+
+    vision, held, expert = runs
+    assert vision["config"].train_vision_tower and vision["config"].steps == 5 and vision["config"].lr == 2e-3
+    assert held["config"].lr == MICRO_PRESET.base.lr
+    assert not held["config"].train_vision_tower and held["config"].seed != vision["config"].seed
+    # The base starts from the pre-trained tower and from the language model's random init, not the pre-trained one.
+    for name, tensor in held["before"][0].items():
+        assert torch.equal(tensor, vision["after"][0][name]), name
+    assert any(not torch.equal(t, vision["before"][0][n]) for n, t in vision["after"][0].items())
+    for name, tensor in held["before"][1].items():
+        assert torch.equal(tensor, vision["before"][1][name]), name
+    assert any(not torch.equal(t, vision["after"][1][n]) for n, t in held["before"][1].items())
+    # Frozen through the base and the expert: every saved model carries the pre-trained tower.
+    for name, tensor in (*held["after"][0].items(), *expert["after"][0].items()):
+        assert torch.equal(tensor, vision["after"][0][name]), name
+    saved = _tensors(tmp_path / "zoo" / "models" / "base")
+    tower = {k: v for k, v in saved.items() if "vision_tower" in k}
+    assert tower and all(torch.equal(v, vision["after"][0][k.split("vision_tower.", 1)[1]]) for k, v in tower.items())
+    assert manifest["base"]["vision_pretraining"]["steps_taken"] == 5
+    assert manifest["base"]["steps_taken"] == 12 and "pre-trained" in manifest["training"]["vision_tower"]
+
+
+def test_base_recipe_refuses_negative_vision_pretraining() -> None:
+    with pytest.raises(ConfigError, match="vision_pretrain_steps"):
+        dataclasses.replace(PRESETS["mini"].base, vision_pretrain_steps=-1)
+
+
+def test_unset_vision_pretraining_leaves_a_presets_fingerprint_as_before_the_fields_existed() -> None:
+    import hashlib
+    import json
+
+    for preset in PRESETS.values():
+        before = preset.as_dict()
+        del before["base"]["vision_pretrain_steps"], before["base"]["vision_pretrain_lr"]
+        expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode("utf-8")).hexdigest()
+        assert preset.fingerprint() == expected
+        pretrained = dataclasses.replace(preset, base=dataclasses.replace(preset.base, vision_pretrain_steps=10))
+        assert pretrained.fingerprint() != expected
+        faster = dataclasses.replace(preset, base=dataclasses.replace(preset.base, vision_pretrain_lr=1e-3))
+        assert faster.fingerprint() not in {expected, pretrained.fingerprint()}

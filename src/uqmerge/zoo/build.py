@@ -11,7 +11,8 @@ Layout of a zoo directory::
 Recipe: task items of the zoo seed (:func:`uqmerge.zoo.tasks.generate_family`); a random tiny LLaVA
 trained on every family for a short, fixed number of steps (it partly knows each family), or held:
 trained on the families below a target accuracy until every family reaches it
-(``BaseRecipe.hold_below``; its validation trace goes into the manifest); then each expert fine-tuned
+(``BaseRecipe.hold_below``; its validation trace goes into the manifest), optionally on a vision tower
+pre-trained with a throwaway language model (``BaseRecipe.vision_pretrain_steps``); then each expert fine-tuned
 from the base on one family with the vision tower frozen (checked bit-identical to the base's after
 training). The base trains on the first
 ``train_items_per_family`` items of each family's ``train`` split, the experts on the next
@@ -316,15 +317,21 @@ class _ZooBuilder:
         init_seed = derive_seed(self.seed, "zoo", "init")
         init_dir = init_base_model(self.root / "models" / ".init", self.preset.architecture, seed=init_seed)
         self.model, self.processor = load_zoo_model(init_dir)
+        items = [item for family in recipe.families for item in self.taught[family]]
+        vision_entry = None
+        if recipe.vision_pretrain_steps:
+            vision_entry = self._pretrain_vision_tower(items)
+            tower = _vision_state(self.model)
+            self.model, self.processor = load_zoo_model(init_dir)  # the language model starts afresh
+            vision_tower_of(self.model).load_state_dict(tower)
         shutil.rmtree(init_dir)
         base_seed = derive_seed(self.seed, "zoo", "base")
-        items = [item for family in recipe.families for item in self.taught[family]]
         config = TrainConfig(
             steps=recipe.steps,
             lr=recipe.lr,
             batch_size=recipe.batch_size,
             mc_fraction=self.preset.mc_fraction,
-            train_vision_tower=True,
+            train_vision_tower=not recipe.vision_pretrain_steps,
             seed=base_seed,
         )
         hold = None
@@ -336,11 +343,30 @@ class _ZooBuilder:
         stats = _train(self.model, self.processor, data, config, "base", self.on_step, hold)
         entry = {"id": "base", "path": "models/base", "recipe": asdict(recipe), "init_seed": init_seed}
         entry |= {"seed": base_seed, **stats}
+        if vision_entry is not None:
+            entry["vision_pretraining"] = vision_entry
         if hold is not None:
             entry["hold_trace"] = hold.trace
         self._finish("base", entry["path"])
         logger.info("trained the base in %.1f s", entry["train_seconds"])
         return entry
+
+    def _pretrain_vision_tower(self, items: Sequence[TaskItem]) -> dict[str, Any]:
+        """Train the whole model on the base's items for ``vision_pretrain_steps`` (only its tower is kept)."""
+        recipe = self.preset.base
+        vision_seed = derive_seed(self.seed, "zoo", "vision")
+        config = TrainConfig(
+            steps=recipe.vision_pretrain_steps,
+            lr=recipe.lr if recipe.vision_pretrain_lr is None else recipe.vision_pretrain_lr,
+            batch_size=recipe.batch_size,
+            mc_fraction=self.preset.mc_fraction,
+            train_vision_tower=True,
+            seed=vision_seed,
+        )
+        data = self._training_set(items, vision_seed)
+        stats = _train(self.model, self.processor, data, config, "vision", self.on_step)
+        logger.info("pre-trained the vision tower in %.1f s", stats["train_seconds"])
+        return {"seed": vision_seed, **stats}
 
     def build_experts(self) -> list[dict[str, Any]]:
         """Fine-tune each expert from the base's weights, vision tower frozen and checked unchanged."""
@@ -399,7 +425,11 @@ def _build_into(root: Path, preset: ZooPreset, seed: int, on_step: StepCallback 
             "mc_fraction": preset.mc_fraction,
             "system_fraction": preset.system_fraction,
             "shuffle_options": preset.shuffle_options,
-            "vision_tower": "trained in the base, frozen in experts (checked bit-identical)",
+            "vision_tower": (
+                "pre-trained with a throwaway language model, frozen in the base and in experts"
+                if preset.base.vision_pretrain_steps
+                else "trained in the base, frozen in experts (checked bit-identical)"
+            ),
         },
         "base": base,
         "experts": experts,
@@ -473,7 +503,7 @@ def zoo_build_command(
     ) as progress:
         task = progress.add_task("zoo", total=recipe.total_steps)
         # Steps done before each model starts, so a held base that stops early skips its unused steps.
-        models = [("base", recipe.base.steps), *((e.id, e.steps) for e in recipe.experts)]
+        models = recipe.training_runs
         before = dict(zip((m for m, _ in models), accumulate((n for _, n in models), initial=0), strict=False))
 
         def advance(model_id: str, step: int) -> None:

@@ -37,6 +37,13 @@ class BaseRecipe:
     ``answers_per_family`` (optional) keeps only the items whose answer is among the first that many
     answers of their family, so the base cannot know the others.
 
+    ``vision_pretrain_steps`` (optional) first trains the whole model on the base's items for that many
+    steps (at ``vision_pretrain_lr``, the base's ``lr`` if unset) and keeps only its vision tower: the
+    language model and projector restart from the same random initialisation and the base trains them
+    with that tower frozen, as an MLLM starts from a pretrained vision encoder. Experts, which keep the
+    tower frozen, then read the same converged features whatever the base's own stopping point (a held
+    base that stops early otherwise leaves a half-trained tower).
+
     ``hold_below`` (optional) brings every family to a target instead of stopping the base wherever
     training happens to be: every ``hold_check_every`` steps the base answers ``hold_validation_items``
     training-phrased questions per family about images no split uses; a family whose exact match is at
@@ -49,6 +56,8 @@ class BaseRecipe:
     batch_size: int = 64
     families: tuple[str, ...] = FAMILIES
     answers_per_family: int | None = None
+    vision_pretrain_steps: int = 0
+    vision_pretrain_lr: float | None = None
     hold_below: float | None = None
     hold_check_every: int = 50
     hold_validation_items: int = 60
@@ -56,6 +65,8 @@ class BaseRecipe:
     def __post_init__(self) -> None:
         if self.hold_below is not None and not 0.0 < self.hold_below <= 1.0:
             raise ConfigError(f"base recipe: hold_below must lie in (0, 1], got {self.hold_below}")
+        if self.vision_pretrain_steps < 0:
+            raise ConfigError(f"base recipe: vision_pretrain_steps must be 0 or more, got {self.vision_pretrain_steps}")
         if self.hold_check_every < 1 or self.hold_validation_items < 1:
             raise ConfigError(
                 "base recipe: hold_check_every and hold_validation_items must be at least 1, got "
@@ -65,6 +76,11 @@ class BaseRecipe:
     def teaches(self, family: str, answer: str) -> bool:
         """Whether the base's training data contains items of ``family`` answered ``answer``."""
         return self.answers_per_family is None or answer in ANSWERS[family][: self.answers_per_family]
+
+
+BASE_FIELDS_SINCE_V4: dict[str, object] = {"vision_pretrain_steps": 0, "vision_pretrain_lr": None}
+"""Base-recipe fields added after zoo v4, with their defaults: left out of a preset's fingerprint while at
+them, so a zoo built before they existed is still reused (its weights do not depend on them)."""
 
 
 @dataclass(frozen=True)
@@ -141,12 +157,22 @@ class ZooPreset:
         return asdict(self)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the preset's canonical JSON."""
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode("utf-8")).hexdigest()
+        """SHA-256 of the preset's canonical JSON (base fields added since zoo v4 count only when set)."""
+        data = self.as_dict()
+        for name, default in BASE_FIELDS_SINCE_V4.items():
+            if data["base"][name] == default:
+                del data["base"][name]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+    @property
+    def training_runs(self) -> tuple[tuple[str, int], ...]:
+        """``(label, step ceiling)`` of every training run of a build, in order (the progress bar's parts)."""
+        vision = (("vision", self.base.vision_pretrain_steps),) if self.base.vision_pretrain_steps else ()
+        return (*vision, ("base", self.base.steps), *((e.id, e.steps) for e in self.experts))
 
     @property
     def total_steps(self) -> int:
-        return self.base.steps + sum(e.steps for e in self.experts)
+        return sum(steps for _, steps in self.training_runs)
 
 
 EXPERT_LR = 1e-3
