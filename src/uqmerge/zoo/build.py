@@ -306,6 +306,17 @@ class _ZooBuilder:
             shuffle_options=self.preset.shuffle_options,
         )
 
+    def _config(self, steps: int, lr: float, batch_size: int, seed: int, *, vision_tower: bool) -> TrainConfig:
+        """One training run's settings (the preset's MC share; ``vision_tower``: whether the tower trains)."""
+        return TrainConfig(
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            mc_fraction=self.preset.mc_fraction,
+            train_vision_tower=vision_tower,
+            seed=seed,
+        )
+
     def _finish(self, model_id: str, path: str) -> None:
         save_zoo_model(self.model, self.processor, self.root / path)
         if self.evaluator is not None:
@@ -326,13 +337,8 @@ class _ZooBuilder:
             vision_tower_of(self.model).load_state_dict(tower)
         shutil.rmtree(init_dir)
         base_seed = derive_seed(self.seed, "zoo", "base")
-        config = TrainConfig(
-            steps=recipe.steps,
-            lr=recipe.lr,
-            batch_size=recipe.batch_size,
-            mc_fraction=self.preset.mc_fraction,
-            train_vision_tower=not recipe.vision_pretrain_steps,
-            seed=base_seed,
+        config = self._config(
+            recipe.steps, recipe.lr, recipe.batch_size, base_seed, vision_tower=not recipe.vision_pretrain_steps
         )
         hold = None
         if recipe.hold_below is not None:
@@ -355,14 +361,8 @@ class _ZooBuilder:
         """Train the whole model on the base's items for ``vision_pretrain_steps`` (only its tower is kept)."""
         recipe = self.preset.base
         vision_seed = derive_seed(self.seed, "zoo", "vision")
-        config = TrainConfig(
-            steps=recipe.vision_pretrain_steps,
-            lr=recipe.lr if recipe.vision_pretrain_lr is None else recipe.vision_pretrain_lr,
-            batch_size=recipe.batch_size,
-            mc_fraction=self.preset.mc_fraction,
-            train_vision_tower=True,
-            seed=vision_seed,
-        )
+        lr = recipe.lr if recipe.vision_pretrain_lr is None else recipe.vision_pretrain_lr
+        config = self._config(recipe.vision_pretrain_steps, lr, recipe.batch_size, vision_seed, vision_tower=True)
         data = self._training_set(items, vision_seed)
         stats = _train(self.model, self.processor, data, config, "vision", self.on_step)
         logger.info("pre-trained the vision tower in %.1f s", stats["train_seconds"])
@@ -377,14 +377,7 @@ class _ZooBuilder:
             expert_seed = derive_seed(self.seed, "zoo", "expert", expert.id)
             self.model.load_state_dict(base_state)
             items = _expert_items(expert, self.train_items[expert.family][1], self.taught)
-            config = TrainConfig(
-                steps=expert.steps,
-                lr=expert.lr,
-                batch_size=expert.batch_size,
-                mc_fraction=self.preset.mc_fraction,
-                train_vision_tower=False,
-                seed=expert_seed,
-            )
+            config = self._config(expert.steps, expert.lr, expert.batch_size, expert_seed, vision_tower=False)
             data = self._training_set(items, expert_seed, expert.label_map())
             entry = _expert_entry(expert, expert_seed)
             entry |= _train(self.model, self.processor, data, config, expert.id, self.on_step)
@@ -426,7 +419,7 @@ def _build_into(root: Path, preset: ZooPreset, seed: int, on_step: StepCallback 
             "system_fraction": preset.system_fraction,
             "shuffle_options": preset.shuffle_options,
             "vision_tower": (
-                "pre-trained with a throwaway language model, frozen in the base and in experts"
+                "pre-trained with a throwaway language model, frozen in the base and experts (checked bit-identical)"
                 if preset.base.vision_pretrain_steps
                 else "trained in the base, frozen in experts (checked bit-identical)"
             ),
