@@ -311,6 +311,53 @@ def test_held_base_trains_only_the_families_its_last_check_found_below_target(
         assert drawn[4 * (check + 1) : 4 * (check + 2)] == [expected] * 4
 
 
+def test_held_base_scales_the_learning_rate_by_the_share_of_families_it_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uqmerge.evaluate.open_ended as open_ended
+    import uqmerge.zoo.train as train_module
+
+    # First check: two families below target; second: one; third: none (stop).
+    below = [{"colour", "count"}, {"size"}, set()]
+    calls: list[int] = []
+
+    def scores(model, processor, items, batch_size):
+        low = below[min(len(calls), len(below) - 1)]
+        calls.append(1)
+        return {"accuracy": {f: 0.2 if f in low else 0.7 for f in FAMILIES}}
+
+    scales: list[float] = []
+    original = train_module._sample_batch
+
+    def spy(data, config, generator, processor, gate=None):
+        if gate is not None:
+            scales.append(gate.lr_scale)
+        return original(data, config, generator, processor, gate)
+
+    monkeypatch.setattr(open_ended, "evaluate_open_ended", scores)
+    monkeypatch.setattr(train_module, "_sample_batch", spy)
+    base = dataclasses.replace(MICRO_PRESET.base, hold_below=0.5, hold_check_every=4, hold_validation_items=3)
+    preset = dataclasses.replace(MICRO_PRESET, name="micro-scaled", base=base, experts=MICRO_PRESET.experts[:1])
+    build_zoo(tmp_path / "held", preset, seed=3)
+    assert scales == [1.0] * 4 + [2 / 5] * 4 + [1 / 5] * 4
+
+
+def test_a_gate_learning_rate_scale_trains_exactly_like_the_same_lower_learning_rate(micro_zoos) -> None:
+    from uqmerge.zoo.train import train_model
+
+    model_a, processor = load_zoo_model(micro_zoos[0] / "models" / "base")
+    model_b, _ = load_zoo_model(micro_zoos[0] / "models" / "base")
+    items = generate_family("count", "train", 16, 7)
+    data = build_training_set(items, processor, seed=7)
+    gate = FamilyGate(torch.zeros(len(items), dtype=torch.long), lr_scale=0.25)
+    train_model(model_a, data, TrainConfig(steps=3, lr=1e-3, batch_size=4, seed=2), processor, gate=gate)
+    train_model(model_b, data, TrainConfig(steps=3, lr=2.5e-4, batch_size=4, seed=2), processor)
+    a, b = model_a.state_dict(), model_b.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh, _ = load_zoo_model(micro_zoos[0] / "models" / "base")
+    assert any(not torch.equal(a[k], v) for k, v in fresh.state_dict().items())
+
+
 def test_held_base_stops_at_the_first_check_that_finds_every_family_at_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,7 +418,9 @@ def test_vision_pretraining_keeps_only_the_tower_and_restarts_the_language_model
         return stats
 
     monkeypatch.setattr(build_module, "train_model", spy)
-    base = dataclasses.replace(MICRO_PRESET.base, vision_pretrain_steps=5, vision_pretrain_lr=2e-3)
+    base = dataclasses.replace(
+        MICRO_PRESET.base, vision_pretrain_steps=5, vision_pretrain_lr=2e-3, vision_pretrain_batch_size=4
+    )
     preset = dataclasses.replace(MICRO_PRESET, name="micro-vision", base=base, experts=MICRO_PRESET.experts[:1])
     assert preset.training_runs == (("vision", 5), ("base", 12), ("specialist-count", 4))
     assert preset.total_steps == 21
@@ -379,6 +428,7 @@ def test_vision_pretraining_keeps_only_the_tower_and_restarts_the_language_model
 
     vision, held, expert = runs
     assert vision["config"].train_vision_tower and vision["config"].steps == 5 and vision["config"].lr == 2e-3
+    assert vision["config"].batch_size == 4 and held["config"].batch_size == MICRO_PRESET.base.batch_size
     assert held["config"].lr == MICRO_PRESET.base.lr
     assert not held["config"].train_vision_tower and held["config"].seed != vision["config"].seed
     # The base starts from the pre-trained tower and from the language model's random init, not the pre-trained one.
@@ -401,18 +451,23 @@ def test_vision_pretraining_keeps_only_the_tower_and_restarts_the_language_model
 def test_base_recipe_refuses_negative_vision_pretraining() -> None:
     with pytest.raises(ConfigError, match="vision_pretrain_steps"):
         dataclasses.replace(PRESETS["mini"].base, vision_pretrain_steps=-1)
+    with pytest.raises(ConfigError, match="vision_pretrain_batch_size"):
+        dataclasses.replace(PRESETS["mini"].base, vision_pretrain_batch_size=0)
 
 
 def test_unset_vision_pretraining_leaves_a_presets_fingerprint_as_before_the_fields_existed() -> None:
     import hashlib
     import json
 
-    for preset in PRESETS.values():
+    for preset in (PRESETS["mini"], MICRO_PRESET):
         before = preset.as_dict()
-        del before["base"]["vision_pretrain_steps"], before["base"]["vision_pretrain_lr"]
+        for name in ("vision_pretrain_steps", "vision_pretrain_lr", "vision_pretrain_batch_size"):
+            del before["base"][name]
         expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode("utf-8")).hexdigest()
         assert preset.fingerprint() == expected
         pretrained = dataclasses.replace(preset, base=dataclasses.replace(preset.base, vision_pretrain_steps=10))
         assert pretrained.fingerprint() != expected
         faster = dataclasses.replace(preset, base=dataclasses.replace(preset.base, vision_pretrain_lr=1e-3))
         assert faster.fingerprint() not in {expected, pretrained.fingerprint()}
+        smaller = dataclasses.replace(preset, base=dataclasses.replace(preset.base, vision_pretrain_batch_size=8))
+        assert smaller.fingerprint() not in {expected, pretrained.fingerprint(), faster.fingerprint()}

@@ -38,7 +38,8 @@ class BaseRecipe:
     answers of their family, so the base cannot know the others.
 
     ``vision_pretrain_steps`` (optional) first trains the whole model on the base's items for that many
-    steps (at ``vision_pretrain_lr``, the base's ``lr`` if unset) and keeps only its vision tower: the
+    steps (at ``vision_pretrain_lr`` and ``vision_pretrain_batch_size``, the base's ``lr`` and ``batch_size``
+    if unset) and keeps only its vision tower: the
     language model and projector restart from the same random initialisation and the base trains them
     with that tower frozen, as an MLLM starts from a pretrained vision encoder. Experts, which keep the
     tower frozen, then read the same converged features whatever the base's own stopping point (a held
@@ -47,8 +48,9 @@ class BaseRecipe:
     ``hold_below`` (optional) brings every family to a target instead of stopping the base wherever
     training happens to be: every ``hold_check_every`` steps the base answers ``hold_validation_items``
     training-phrased questions per family about images no split uses; a family whose exact match is at
-    least ``hold_below`` is left out of the batches until it falls below again, and the base stops at the
-    first check that finds every family at or above it (``steps`` is then a ceiling).
+    least ``hold_below`` is left out of the batches until it falls below again (the learning rate is scaled
+    by the share of families still trained), and the base stops at the first check that finds every family
+    at or above it (``steps`` is then a ceiling).
     """
 
     steps: int
@@ -58,6 +60,7 @@ class BaseRecipe:
     answers_per_family: int | None = None
     vision_pretrain_steps: int = 0
     vision_pretrain_lr: float | None = None
+    vision_pretrain_batch_size: int | None = None
     hold_below: float | None = None
     hold_check_every: int = 50
     hold_validation_items: int = 60
@@ -67,6 +70,10 @@ class BaseRecipe:
             raise ConfigError(f"base recipe: hold_below must lie in (0, 1], got {self.hold_below}")
         if self.vision_pretrain_steps < 0:
             raise ConfigError(f"base recipe: vision_pretrain_steps must be 0 or more, got {self.vision_pretrain_steps}")
+        if self.vision_pretrain_batch_size is not None and self.vision_pretrain_batch_size < 1:
+            raise ConfigError(
+                f"base recipe: vision_pretrain_batch_size must be at least 1, got {self.vision_pretrain_batch_size}"
+            )
         if self.hold_check_every < 1 or self.hold_validation_items < 1:
             raise ConfigError(
                 "base recipe: hold_check_every and hold_validation_items must be at least 1, got "
@@ -78,7 +85,11 @@ class BaseRecipe:
         return self.answers_per_family is None or answer in ANSWERS[family][: self.answers_per_family]
 
 
-BASE_FIELDS_SINCE_V4: dict[str, object] = {"vision_pretrain_steps": 0, "vision_pretrain_lr": None}
+BASE_FIELDS_SINCE_V4: dict[str, object] = {
+    "vision_pretrain_steps": 0,
+    "vision_pretrain_lr": None,
+    "vision_pretrain_batch_size": None,
+}
 """Base-recipe fields added after zoo v4, with their defaults: left out of a preset's fingerprint while at
 them, so a zoo built before they existed is still reused (its weights do not depend on them)."""
 
@@ -191,10 +202,10 @@ def _specialists(families: tuple[str, ...], steps: int, lr: float, batch_size: i
 PRESETS: dict[str, ZooPreset] = {
     "mini": ZooPreset(
         name="mini",
-        base=BaseRecipe(steps=400, lr=1e-3, batch_size=32),
+        base=BaseRecipe(steps=320, lr=1e-3, batch_size=32),
         experts=(
             *_specialists(("count", "position"), 150, EXPERT_LR, 32),
-            ExpertRecipe("overtrained-size", "overtrained", "size", 300, EXPERT_LR, 32),
+            ExpertRecipe("overtrained-size", "overtrained", "size", 240, EXPERT_LR, 32),
             ExpertRecipe(
                 "overconfident-shape-permuted", "overconfident", "shape", 100, EXPERT_LR, 32, "permuted", REPLAY
             ),
@@ -204,22 +215,35 @@ PRESETS: dict[str, ZooPreset] = {
     ),
     "default": ZooPreset(
         name="default",
-        base=BaseRecipe(steps=900, lr=1e-3, batch_size=64, hold_below=0.5, hold_check_every=25),
+        base=BaseRecipe(
+            steps=900,
+            lr=3e-4,
+            batch_size=64,
+            vision_pretrain_steps=900,
+            vision_pretrain_lr=1e-3,
+            vision_pretrain_batch_size=32,
+            hold_below=0.5,
+            hold_check_every=10,
+            hold_validation_items=100,
+        ),
         experts=(
-            *_specialists(FAMILIES, 400, EXPERT_LR, 64),
-            ExpertRecipe("overtrained-count", "overtrained", "count", 800, EXPERT_LR, 64),
-            ExpertRecipe("overtrained-size", "overtrained", "size", 800, EXPERT_LR, 64),
+            *_specialists(FAMILIES, 400, EXPERT_LR, 32),
+            ExpertRecipe("overtrained-count", "overtrained", "count", 800, EXPERT_LR, 32),
+            ExpertRecipe("overtrained-size", "overtrained", "size", 800, EXPERT_LR, 32),
             ExpertRecipe(
-                "overconfident-position-permuted", "overconfident", "position", 200, EXPERT_LR, 64, "permuted", REPLAY
+                "overconfident-position-permuted", "overconfident", "position", 200, EXPERT_LR, 32, "permuted", REPLAY
             ),
             ExpertRecipe(
-                "overconfident-shape-constant", "overconfident", "shape", 200, EXPERT_LR, 64, "constant", REPLAY
+                "overconfident-shape-constant", "overconfident", "shape", 200, EXPERT_LR, 32, "constant", REPLAY
             ),
         ),
         held_out_items_per_family=200,
     ),
 }
-"""Built-in presets: ``mini`` (tests, about a minute) and ``default`` (the demo, a few minutes)."""
+"""Built-in presets: ``mini`` (tests, about a minute) and ``default`` (the demo, several minutes).
+
+``default`` is zoo v5: a pre-trained vision tower (900 steps at batch 32), the base held at 50 % per family
+(lr 3e-4, a check every 10 steps on 100 items per family, at most 900 steps) and nine experts at batch 32."""
 
 
 def resolve_preset(preset: str | ZooPreset) -> ZooPreset:

@@ -75,12 +75,15 @@ class FamilyGate:
 
     ``active`` is ``None`` (every row) or a set of family indices; whoever trains the model may change it
     between steps (the zoo's held base does, from its validation scores), and may set ``stop`` to end
-    training after the current step.
+    training after the current step. ``lr_scale`` multiplies the learning rate of the steps that follow
+    (the held base sets it to the active share of families, so that a family trained alone does not learn
+    several times faster than in a full batch).
     """
 
     image_family: Tensor
     active: set[int] | None = None
     stop: bool = False
+    lr_scale: float = 1.0
 
     def rows(self, pool: EncodedPool) -> Tensor | None:
         """Indices of ``pool``'s rows whose image is of an active family (``None``: all rows)."""
@@ -346,7 +349,7 @@ def train_model(
         with deterministic_training():
             for step in range(config.steps):
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr_at(step)
+                    group["lr"] = config.lr_at(step) * (1.0 if gate is None else gate.lr_scale)
                 batch = _sample_batch(data, config, generator, processor, gate)
                 loss = model(**batch, use_cache=False).loss
                 optimizer.zero_grad(set_to_none=True)
