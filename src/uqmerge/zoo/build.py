@@ -366,7 +366,7 @@ class _ZooBuilder:
         recipe = self.preset.base
         vision_seed = derive_seed(self.seed, "zoo", "vision")
         lr = recipe.lr if recipe.vision_pretrain_lr is None else recipe.vision_pretrain_lr
-        batch_size = recipe.batch_size if recipe.vision_pretrain_batch_size is None else recipe.vision_pretrain_batch_size
+        batch_size = recipe.vision_pretrain_batch_size or recipe.batch_size
         config = self._config(recipe.vision_pretrain_steps, lr, batch_size, vision_seed, vision_tower=True)
         data = self._training_set(items, vision_seed)
         stats = _train(self.model, self.processor, data, config, "vision", self.on_step)
