@@ -38,12 +38,11 @@ class BaseRecipe:
     answers of their family, so the base cannot know the others.
 
     ``vision_pretrain_steps`` (optional) first trains the whole model on the base's items for that many
-    steps (at ``vision_pretrain_lr`` and ``vision_pretrain_batch_size``, the base's ``lr`` and ``batch_size``
-    if unset) and keeps only its vision tower: the
-    language model and projector restart from the same random initialisation and the base trains them
-    with that tower frozen, as an MLLM starts from a pretrained vision encoder. Experts, which keep the
-    tower frozen, then read the same converged features whatever the base's own stopping point (a held
-    base that stops early otherwise leaves a half-trained tower).
+    steps (at ``vision_pretrain_lr`` and ``vision_pretrain_batch_size``; the base's ``lr`` and ``batch_size``
+    if unset) and keeps only its vision tower: the language model and projector restart from the same random
+    initialisation and the base trains them with that tower frozen, as an MLLM starts from a pretrained
+    vision encoder. Experts, which keep the tower frozen, then read the same converged features whatever the
+    base's own stopping point (a held base that stops early otherwise leaves a half-trained tower).
 
     ``hold_below`` (optional) brings every family to a target instead of stopping the base wherever
     training happens to be: every ``hold_check_every`` steps the base answers ``hold_validation_items``
@@ -91,7 +90,7 @@ BASE_FIELDS_SINCE_V4: dict[str, object] = {
     "vision_pretrain_batch_size": None,
 }
 """Base-recipe fields added after zoo v4, with their defaults: left out of a preset's fingerprint while at
-them, so a zoo built before they existed is still reused (its weights do not depend on them)."""
+them, so adding them left the fingerprint of every preset that does not use them (``mini``) unchanged."""
 
 
 @dataclass(frozen=True)
