@@ -201,12 +201,12 @@ def _specialists(families: tuple[str, ...], steps: int, lr: float, batch_size: i
 PRESETS: dict[str, ZooPreset] = {
     "mini": ZooPreset(
         name="mini",
-        base=BaseRecipe(steps=320, lr=1e-3, batch_size=32),
+        base=BaseRecipe(steps=400, lr=1e-3, batch_size=32),
         experts=(
             *_specialists(("count", "position"), 150, EXPERT_LR, 32),
-            ExpertRecipe("overtrained-size", "overtrained", "size", 240, EXPERT_LR, 32),
+            ExpertRecipe("overtrained-size", "overtrained", "size", 200, EXPERT_LR, 32),
             ExpertRecipe(
-                "overconfident-shape-permuted", "overconfident", "shape", 100, EXPERT_LR, 32, "permuted", REPLAY
+                "overconfident-shape-permuted", "overconfident", "shape", 80, EXPERT_LR, 32, "permuted", REPLAY
             ),
         ),
         train_items_per_family=1024,
