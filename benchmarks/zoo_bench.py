@@ -26,7 +26,9 @@ start = time.perf_counter()
 path = build_zoo(Path(sys.argv[1]), sys.argv[2], seed=int(sys.argv[4]))
 wall = time.perf_counter() - start
 manifest = read_manifest(path)
-steps = manifest["base"].get("steps_taken", 0) + sum(e.get("steps_taken", 0) for e in manifest["experts"])
+base = manifest["base"]
+runs = [base.get("vision_pretraining", {}), base, *manifest["experts"]]  # the tower's pre-training counts too
+steps = sum(run.get("steps_taken", 0) for run in runs)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"wall_s": wall, "steps": steps, "peak_rss_mb": rss, "timings": manifest["timings"]}))
 """
