@@ -380,11 +380,112 @@ def test_held_base_stops_at_the_first_check_that_finds_every_family_at_target(
     assert manifest["experts"][0]["steps_taken"] == MICRO_PRESET.experts[0].steps
 
 
+def test_held_base_rejects_a_jump_past_the_ceiling_and_retries_it_at_half_the_learning_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uqmerge.evaluate.open_ended as open_ended
+    import uqmerge.zoo.train as train_module
+
+    low, high = dict.fromkeys(FAMILIES, 0.2), dict.fromkeys(FAMILIES, 0.6)
+    jump = low | {"colour": 0.9}
+    checks = [low, jump, jump, high]  # accepted; rejected; accepted (halvings used up); every family at target
+    calls: list[int] = []
+
+    def scores(model, processor, items, batch_size):
+        calls.append(1)
+        return {"accuracy": checks[min(len(calls), len(checks)) - 1]}
+
+    scales: list[float] = []
+    requests: list[tuple[bool, bool]] = []
+    original_sample, original_serve = train_module._sample_batch, train_module._serve_state_requests
+
+    def spy_sample(data, config, generator, processor, gate=None):
+        if gate is not None:
+            scales.append(gate.lr_scale)
+        return original_sample(data, config, generator, processor, gate)
+
+    def spy_serve(gate, model, optimizer, saved):
+        requests.append((gate.save_state, gate.restore_state))
+        return original_serve(gate, model, optimizer, saved)
+
+    monkeypatch.setattr(open_ended, "evaluate_open_ended", scores)
+    monkeypatch.setattr(train_module, "_sample_batch", spy_sample)
+    monkeypatch.setattr(train_module, "_serve_state_requests", spy_serve)
+    base = dataclasses.replace(
+        MICRO_PRESET.base,
+        steps=24,
+        hold_below=0.5,
+        hold_check_every=4,
+        hold_validation_items=3,
+        hold_reject_above=0.65,
+        hold_max_halvings=1,
+    )
+    preset = dataclasses.replace(MICRO_PRESET, name="micro-reject", base=base, experts=MICRO_PRESET.experts[:1])
+    manifest = read_manifest(build_zoo(tmp_path / "held", preset, seed=3))
+    trace = manifest["base"]["hold_trace"]
+    assert [entry["step"] for entry in trace] == [4, 8, 12, 16]
+    assert trace[1]["rejected"] == ["colour"] and trace[1]["lr_factor"] == 0.5 and "training" not in trace[1]
+    assert trace[2]["training"] == [f for f in FAMILIES if f != "colour"] and trace[2]["lr_factor"] == 1.0
+    assert trace[3]["training"] == []
+    assert manifest["base"]["steps_taken"] == 16
+    assert scales == [1.0] * 8 + [0.5] * 4 + [4 / 5] * 4
+    # (save, restore) as the loop serves them after each check: save at accepted checks, restore at the rejected one.
+    assert [requests[i] for i in (3, 7, 11, 15)] == [(True, False), (False, True), (True, False), (True, False)]
+    assert all(requests[i] == (False, False) for i in range(16) if i not in (3, 7, 11, 15))
+
+
+def test_restoring_a_saved_training_state_returns_the_weights_and_optimizer_moments() -> None:
+    from uqmerge.zoo.train import _serve_state_requests
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    gate = FamilyGate(torch.zeros(1, dtype=torch.long))
+
+    def step() -> None:
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).square().sum().backward()
+        optimizer.step()
+
+    step()
+    gate.save_state = True
+    saved = _serve_state_requests(gate, model, optimizer, None)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v.clone() for k, v in optimizer.state[model.weight].items()}
+    step()
+    step()
+    assert not torch.equal(model.weight, weights["weight"])
+    gate.restore_state = True
+    assert _serve_state_requests(gate, model, optimizer, saved) is saved
+    assert not gate.restore_state and not gate.save_state
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert all(torch.equal(optimizer.state[model.weight][k], v) for k, v in moments.items())
+    gate.restore_state = True
+    with pytest.raises(ConfigError, match="before any was saved"):
+        _serve_state_requests(gate, model, optimizer, None)
+
+
+def test_a_jump_counts_only_for_families_that_were_at_or_below_the_ceiling() -> None:
+    from uqmerge.zoo.build import jumped_families
+
+    accepted = {"colour": 0.3, "shape": 0.7, "count": 0.65}
+    now = {"colour": 0.8, "shape": 0.9, "count": 0.66}
+    assert jumped_families(accepted, now, 0.65) == ["colour", "count"]
+    assert jumped_families(None, now, 0.65) == []
+    assert jumped_families(accepted, now, None) == []
+
+
 def test_base_recipe_refuses_a_target_outside_zero_to_one() -> None:
     with pytest.raises(ConfigError, match="hold_below"):
         dataclasses.replace(PRESETS["mini"].base, hold_below=1.5)
     with pytest.raises(ConfigError, match="hold_check_every"):
         dataclasses.replace(PRESETS["mini"].base, hold_below=0.5, hold_check_every=0)
+    with pytest.raises(ConfigError, match="hold_reject_above"):
+        dataclasses.replace(PRESETS["mini"].base, hold_reject_above=0.7)  # no target to hold
+    with pytest.raises(ConfigError, match="hold_reject_above"):
+        dataclasses.replace(PRESETS["mini"].base, hold_below=0.5, hold_reject_above=0.4)
+    with pytest.raises(ConfigError, match="hold_max_halvings"):
+        dataclasses.replace(PRESETS["mini"].base, hold_below=0.5, hold_max_halvings=-1)
 
 
 def test_a_freshly_initialised_model_stops_generating_at_the_end_token(mini_zoo: Path, tmp_path: Path) -> None:
@@ -455,13 +556,20 @@ def test_base_recipe_refuses_negative_vision_pretraining() -> None:
         dataclasses.replace(PRESETS["mini"].base, vision_pretrain_batch_size=0)
 
 
-def test_unset_vision_pretraining_leaves_a_presets_fingerprint_as_before_the_fields_existed() -> None:
+def test_unset_base_fields_added_since_v4_leave_a_presets_fingerprint_as_before_they_existed() -> None:
     import hashlib
     import json
 
+    added = (
+        "vision_pretrain_steps",
+        "vision_pretrain_lr",
+        "vision_pretrain_batch_size",
+        "hold_reject_above",
+        "hold_max_halvings",
+    )
     for preset in (PRESETS["mini"], MICRO_PRESET):
         before = preset.as_dict()
-        for name in ("vision_pretrain_steps", "vision_pretrain_lr", "vision_pretrain_batch_size"):
+        for name in added:
             del before["base"][name]
         expected = hashlib.sha256(json.dumps(before, sort_keys=True).encode("utf-8")).hexdigest()
         assert preset.fingerprint() == expected
@@ -471,3 +579,9 @@ def test_unset_vision_pretraining_leaves_a_presets_fingerprint_as_before_the_fie
         assert faster.fingerprint() not in {expected, pretrained.fingerprint()}
         smaller = dataclasses.replace(preset, base=dataclasses.replace(preset.base, vision_pretrain_batch_size=8))
         assert smaller.fingerprint() not in {expected, pretrained.fingerprint(), faster.fingerprint()}
+        held = dataclasses.replace(preset.base, hold_below=0.5)
+        rejecting = dataclasses.replace(preset, base=dataclasses.replace(held, hold_reject_above=0.7))
+        patient = dataclasses.replace(
+            preset, base=dataclasses.replace(held, hold_reject_above=0.7, hold_max_halvings=1)
+        )
+        assert len({expected, rejecting.fingerprint(), patient.fingerprint()}) == 3

@@ -11,7 +11,9 @@ Layout of a zoo directory::
 Recipe: task items of the zoo seed (:func:`uqmerge.zoo.tasks.generate_family`); a random tiny LLaVA
 trained on every family for a short, fixed number of steps (it partly knows each family), or held:
 trained on the families below a target accuracy until every family reaches it
-(``BaseRecipe.hold_below``; its validation trace goes into the manifest), optionally on a vision tower
+(``BaseRecipe.hold_below``; optionally rejecting a check interval that made a family jump past
+``hold_reject_above`` and retrying it at half the learning rate; its validation trace goes into the
+manifest), optionally on a vision tower
 pre-trained with a throwaway language model (``BaseRecipe.vision_pretrain_steps``); then each expert fine-tuned
 from the base on one family with the vision tower frozen (checked bit-identical to the base's after
 training). The base trains on the first
@@ -60,7 +62,7 @@ from uqmerge.zoo.train import (
 
 logger = logging.getLogger(__name__)
 
-ZOO_CODE_VERSION = "5"
+ZOO_CODE_VERSION = "6"
 """Bump when the builder's output for a given preset and seed changes; cached zoos are then rebuilt."""
 
 MANIFEST = "manifest.json"
@@ -112,6 +114,16 @@ def families_to_train(accuracy: Mapping[str, float], target: float) -> list[str]
     return [family for family, score in accuracy.items() if score < target]
 
 
+def jumped_families(
+    accepted: Mapping[str, float] | None, accuracy: Mapping[str, float], ceiling: float | None
+) -> list[str]:
+    """The families now above ``ceiling`` that were at or below it at the last accepted check (none without
+    a ceiling or before the first accepted check)."""
+    if ceiling is None or accepted is None:
+        return []
+    return [family for family, score in accuracy.items() if score > ceiling and accepted[family] <= ceiling]
+
+
 class _HoldBelow:
     """Steers a held base's :class:`FamilyGate` from its validation scores every ``check_every`` steps."""
 
@@ -121,6 +133,8 @@ class _HoldBelow:
         self.model, self.processor, self.recipe, self.gate = model, processor, recipe, gate
         self.items = [OpenItem(item.id, item.family, item.question, item.answer, item.image) for item in items]
         self.trace: list[dict[str, Any]] = []
+        self.accepted: Mapping[str, float] | None = None  # the scores of the last accepted check
+        self.halvings = 0
 
     def __call__(self, step: int) -> None:
         if (step + 1) % self.recipe.hold_check_every:
@@ -128,18 +142,35 @@ class _HoldBelow:
         from uqmerge.evaluate.open_ended import evaluate_open_ended
 
         accuracy = evaluate_open_ended(self.model, self.processor, self.items, batch_size=100)["accuracy"]
+        record: dict[str, Any] = {"step": step + 1, "accuracy": {f: round(a, 4) for f, a in accuracy.items()}}
+        jumped = jumped_families(self.accepted, accuracy, self.recipe.hold_reject_above)
+        if jumped and self.halvings < self.recipe.hold_max_halvings:
+            # A family that jumped past the target in one interval stayed there (zoo v5, seed 1): undo the
+            # interval and retry it with smaller steps.
+            self.gate.restore_state = True
+            self.halvings += 1
+            self._set_lr_scale()
+            self.trace.append(record | {"rejected": jumped, "lr_factor": 0.5**self.halvings})
+            return
+        self.halvings = max(0, self.halvings - 1)
+        self.accepted = accuracy
+        self.gate.save_state = self.recipe.hold_reject_above is not None
         training = families_to_train(accuracy, self.recipe.hold_below)
         # Every family at target: stop here. Training on the lowest one instead lets the others drift
         # up through the shared weights (zoo v3 ended with families at 83-90 % against a 50 % target).
         self.gate.stop = not training
         self.gate.active = {FAMILIES.index(family) for family in training} or self.gate.active
+        self._set_lr_scale()
+        record["training"] = training
+        if self.recipe.hold_reject_above is not None:
+            record["lr_factor"] = 0.5**self.halvings
+        self.trace.append(record)
+
+    def _set_lr_scale(self) -> None:
         # A family trained alone would otherwise take a full batch's step: it jumped from 45 to 96 % within
         # ten steps, and the families left out collapsed within 10-20 steps (session-9 probes).
-        if self.gate.active is not None:
-            self.gate.lr_scale = len(self.gate.active) / len(self.recipe.families)
-        self.trace.append(
-            {"step": step + 1, "accuracy": {f: round(a, 4) for f, a in accuracy.items()}, "training": training}
-        )
+        share = 1.0 if self.gate.active is None else len(self.gate.active) / len(self.recipe.families)
+        self.gate.lr_scale = share * 0.5**self.halvings
 
 
 @contextmanager

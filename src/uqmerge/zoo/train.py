@@ -15,6 +15,7 @@ weights.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -78,12 +79,18 @@ class FamilyGate:
     training after the current step. ``lr_scale`` multiplies the learning rate of the steps that follow
     (the held base sets it to the active share of families, so that a family trained alone does not learn
     several times faster than in a full batch).
+
+    ``save_state`` asks :func:`train_model` to keep a copy of the weights and the optimizer's state after
+    the current step; ``restore_state`` to return to the copy kept last (the steps since then are undone,
+    though they still count towards ``steps``). Both are reset once served.
     """
 
     image_family: Tensor
     active: set[int] | None = None
     stop: bool = False
     lr_scale: float = 1.0
+    save_state: bool = False
+    restore_state: bool = False
 
     def rows(self, pool: EncodedPool) -> Tensor | None:
         """Indices of ``pool``'s rows whose image is of an active family (``None``: all rows)."""
@@ -307,6 +314,28 @@ def _sample_batch(
     }
 
 
+def _serve_state_requests(
+    gate: FamilyGate,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    saved: tuple[dict[str, Tensor], dict[str, Any]] | None,
+) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """Apply ``gate``'s restore then save requests; return the copy now kept."""
+    if gate.restore_state:
+        gate.restore_state = False
+        if saved is None:
+            raise ConfigError("a family gate asked to restore a training state before any was saved")
+        model.load_state_dict(saved[0])
+        optimizer.load_state_dict(saved[1])
+    if gate.save_state:
+        gate.save_state = False
+        saved = (
+            {name: value.detach().clone() for name, value in model.state_dict().items()},
+            copy.deepcopy(optimizer.state_dict()),
+        )
+    return saved
+
+
 def train_model(
     model: nn.Module,
     data: TrainingSet,
@@ -343,6 +372,7 @@ def train_model(
     generator = torch.Generator().manual_seed(config.seed)
     stats = TrainStats(trainable_parameters=sum(p.numel() for p in params))
     window: list[float] = []
+    saved: tuple[dict[str, Tensor], dict[str, Any]] | None = None
     start = time.perf_counter()
     model.train()
     try:
@@ -365,8 +395,10 @@ def train_model(
                     window.clear()
                 if on_step is not None:
                     on_step(step, value)
-                if gate is not None and gate.stop:
-                    break
+                if gate is not None:
+                    saved = _serve_state_requests(gate, model, optimizer, saved)
+                    if gate.stop:
+                        break
             if window:
                 stats.losses.append(sum(window) / len(window))
     finally:
