@@ -1,8 +1,11 @@
 """Zoo build time against the issue's budgets (mini ≤ 90 s, default ≤ 10 min on 2 cores), per thread count.
 
-Each build runs in a fresh process (its own peak RSS) into a temporary directory. The same run measures the
-machine's 2-thread fp32 matmul speed, because build times on shared machines vary with it from day to day.
-Example: .venv/bin/python benchmarks/zoo_bench.py --preset mini --threads 1 2
+Each build runs in a fresh process into a temporary directory; its peak RSS is the build process's and, when
+experts train in worker processes, the largest worker's. ``--workers`` compares expert parallelism in the same
+run (``1``: every expert in the build process; ``auto``: the builder's default, one process per thread). The
+same run measures the machine's 2-thread fp32 matmul speed, because build times on shared machines vary with it
+from day to day.
+Example: .venv/bin/python benchmarks/zoo_bench.py --preset mini --threads 2 --workers 1 auto
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ from pathlib import Path
 torch.set_num_threads(int(sys.argv[3]))
 from uqmerge.zoo.build import build_zoo, read_manifest
 start = time.perf_counter()
-path = build_zoo(Path(sys.argv[1]), sys.argv[2], seed=int(sys.argv[4]))
-wall = time.perf_counter() - start
-manifest = read_manifest(path)
-base = manifest["base"]
-runs = [base.get("vision_pretraining", {}), base, *manifest["experts"]]  # the tower's pre-training counts too
-steps = sum(run.get("steps_taken", 0) for run in runs)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"wall_s": wall, "steps": steps, "peak_rss_mb": rss, "timings": manifest["timings"]}))
+workers = None if sys.argv[5] == "auto" else int(sys.argv[5])
+if __name__ == "__main__":
+    path = build_zoo(Path(sys.argv[1]), sys.argv[2], seed=int(sys.argv[4]), expert_workers=workers)
+    wall = time.perf_counter() - start
+    manifest = read_manifest(path)
+    base = manifest["base"]
+    runs = [base.get("vision_pretraining", {}), base, *manifest["experts"]]  # the tower's pre-training counts too
+    steps = sum(run.get("steps_taken", 0) for run in runs)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest joined worker
+    env = manifest["environment"]
+    print(json.dumps({"wall_s": wall, "steps": steps, "peak_rss_mb": rss, "worker_rss_mb": worker_rss,
+                      "workers": env.get("expert_workers", 1), "timings": manifest["timings"]}))
 """
 
 
@@ -48,9 +56,9 @@ def matmul_gflops(threads: int = 2, size: int = 1024, repeats: int = 50) -> floa
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def build_once(out: Path, preset: str, threads: int, seed: int) -> dict:
+def build_once(out: Path, preset: str, threads: int, seed: int, workers: str = "auto") -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", BUILD, str(out), preset, str(threads), str(seed)],
+        [sys.executable, "-c", BUILD, str(out), preset, str(threads), str(seed), workers],
         check=True,
         capture_output=True,
         text=True,
@@ -63,20 +71,31 @@ def main() -> None:
     parser.add_argument("--preset", default="mini", choices=sorted(BUDGET_S))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", nargs="+", default=["auto"], help="expert workers per build: N or auto")
     args = parser.parse_args()
 
     print(f"machine: 2-thread fp32 matmul {matmul_gflops():.0f} GFLOPS (docs/benchmarks.md: 170-200 on a normal day)")
     budget = BUDGET_S[args.preset]
-    print(f"\n{'preset':8s} {'threads':>7s} {'wall s':>8s} {'steps':>6s} {'ms/step':>8s} {'peak RSS MB':>12s} budget")
+    print(
+        f"\n{'preset':8s} {'threads':>7s} {'workers':>7s} {'wall s':>8s} {'steps':>6s} {'ms/step':>8s} "
+        f"{'base s':>7s} {'experts s':>9s} {'peak RSS MB (worker)':>20s} budget"
+    )
     with tempfile.TemporaryDirectory(prefix="uqmerge-zoo-bench-") as tmp:
         for threads in args.threads:
-            r = build_once(Path(tmp) / f"zoo-{threads}", args.preset, threads, args.seed)
-            verdict = "within" if r["wall_s"] <= budget else "OVER"
-            print(
-                f"{args.preset:8s} {threads:>7d} {r['wall_s']:>8.1f} {r['steps']:>6d} "
-                f"{1000 * r['wall_s'] / max(1, r['steps']):>8.1f} {r['peak_rss_mb']:>12.0f} "
-                f"{verdict} {budget:.0f} s"
-            )
+            for workers in args.workers:
+                r = build_once(Path(tmp) / f"zoo-{threads}-{workers}", args.preset, threads, args.seed, workers)
+                verdict = "within" if r["wall_s"] <= budget else "OVER"
+                rss = (
+                    f"{r['peak_rss_mb']:.0f} ({r['worker_rss_mb']:.0f})"
+                    if r["workers"] > 1
+                    else f"{r['peak_rss_mb']:.0f}"
+                )
+                print(
+                    f"{args.preset:8s} {threads:>7d} {r['workers']:>7d} {r['wall_s']:>8.1f} {r['steps']:>6d} "
+                    f"{1000 * r['wall_s'] / max(1, r['steps']):>8.1f} {r['timings']['base_seconds']:>7.1f} "
+                    f"{r['timings']['experts_seconds']:>9.1f} {rss:>20s} {verdict} {budget:.0f} s",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -232,11 +232,90 @@ def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:
 
 
 def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: Path, tmp_path: Path) -> None:
-    again = build_zoo(tmp_path / "mini-again", "mini", seed=0)
+    # Same threads and expert workers as the first build (a reused UQMERGE_TEST_ZOO_DIR zoo may predate workers).
+    environment = read_manifest(mini_zoo)["environment"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(environment["torch_threads"])
+    try:
+        again = build_zoo(tmp_path / "mini-again", "mini", seed=0, expert_workers=environment.get("expert_workers", 1))
+    finally:
+        torch.set_num_threads(threads)
     first = {k: v for k, v in _file_hashes(mini_zoo).items() if k.endswith(".safetensors")}
     second = {k: v for k, v in _file_hashes(again).items() if k.endswith(".safetensors")}
     assert len(first) == 1 + len(PRESETS["mini"].experts)
     assert first == second
+
+
+def test_experts_trained_in_one_thread_worker_processes_equal_those_of_a_one_thread_build(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = build_zoo(tmp_path / "serial", MICRO_PRESET, seed=3, expert_workers=1)
+        steps: list[tuple[str, int]] = []
+        parallel = build_zoo(
+            tmp_path / "parallel", MICRO_PRESET, seed=3, expert_workers=2, on_step=lambda m, s: steps.append((m, s))
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert _file_hashes(serial) == _file_hashes(parallel)
+    manifests = read_manifest(serial), read_manifest(parallel)
+    assert [m["environment"]["expert_workers"] for m in manifests] == [1, 2]
+    assert [m["environment"]["expert_threads"] for m in manifests] == [1, 1]
+    assert manifests[0]["held_out_exact_match"] == manifests[1]["held_out_exact_match"]
+    assert [e["id"] for e in manifests[1]["experts"]] == [e.id for e in MICRO_PRESET.experts]  # the preset's order
+    # Every worker's steps reach the caller's progress callback.
+    for expert in MICRO_PRESET.experts:
+        assert sorted(s for m, s in steps if m == expert.id) == list(range(expert.steps))
+
+
+def test_expert_parallelism_is_one_process_per_thread_up_to_the_number_of_experts() -> None:
+    from uqmerge.zoo.build import expert_parallelism
+
+    assert expert_parallelism(9, 2) == (2, 1)
+    assert expert_parallelism(9, 8) == (8, 1)
+    assert expert_parallelism(3, 8) == (3, 2)
+    assert expert_parallelism(9, 1) == (1, 1)
+    assert expert_parallelism(9, 4, workers=1) == (1, 4)  # in this process, at every thread
+    assert expert_parallelism(9, 4, workers=2) == (2, 2)
+    assert expert_parallelism(1, 4, workers=3) == (1, 4)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(OutputError, match="expert workers must be a positive integer"):
+            expert_parallelism(9, 2, workers=bad)
+
+
+def test_build_progress_counts_finished_stages_in_full_and_sums_experts_training_at_once() -> None:
+    from uqmerge.zoo.build import _step_counter
+
+    preset = dataclasses.replace(
+        MICRO_PRESET, base=dataclasses.replace(MICRO_PRESET.base, vision_pretrain_steps=5)
+    )  # runs: vision 5, base 12, experts 4, 8, 4
+    reported: list[int] = []
+    on_step = _step_counter(preset, lambda done, _model: reported.append(done))
+    on_step("vision", 4)
+    on_step("base", 0)  # the vision stage is complete
+    on_step("base", 6)  # a held base that stops after 7 of its 12 steps
+    on_step("overtrained-size", 2)  # the base counts in full from here
+    on_step("specialist-count", 0)
+    on_step("overtrained-size", 3)
+    assert reported == [5, 6, 12, 5 + 12 + 3, 5 + 12 + 3 + 1, 5 + 12 + 4 + 1]
+    assert preset.total_steps == 5 + 12 + 4 + 8 + 4
+
+
+def test_evaluating_pre_encoded_items_gives_the_same_answers_as_encoding_them_at_each_call(mini_zoo: Path) -> None:
+    from uqmerge.evaluate.open_ended import encode_open_items
+
+    model, processor = load_zoo_model(mini_zoo / "models" / "base")
+    items = [
+        item
+        for family in ("count", "colour")
+        for item in load_open_items(mini_zoo / f"data/held_out/{family}.jsonl")[:9]
+    ]
+    encoded = encode_open_items(processor, items, batch_size=4)
+    assert len(encoded.batches) == 5
+    plain = evaluate_open_ended(model, processor, items, batch_size=4)
+    again = evaluate_open_ended(model, processor, encoded, batch_size=64)  # the encoding's batch size is used
+    assert again["predictions"] == plain["predictions"]
+    assert again["accuracy"] == plain["accuracy"]
 
 
 @pytest.mark.parametrize("field", ["eval_items_per_family", "held_out_items_per_family"])

@@ -77,24 +77,26 @@ def normalise_answer(text: str) -> str:
     return _SPACES.sub(" ", text.strip().rstrip(".!?").strip().lower())
 
 
-def generate_answers(
-    model: Any,
-    processor: Any,
-    images: Sequence[Image.Image],
-    questions: Sequence[str],
-    *,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-) -> list[str]:
-    """Greedy answers to ``questions`` about ``images`` in one left-padded batch (special tokens dropped)."""
+def encode_questions(
+    processor: Any, images: Sequence[Image.Image], questions: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The processor's left-padded batch of prompts (each question after its image, in the chat template)."""
     tokenizer = tokenizer_of(processor)
     prompts = [render_prompt(processor, build_messages(q)) for q in questions]
     with left_padding(tokenizer):
         batch = processor(text=prompts, images=list(images), padding=True, return_tensors="pt")
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def generate_from_inputs(
+    model: Any, processor: Any, batch: dict[str, torch.Tensor], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+) -> list[str]:
+    """Greedy answers to an :func:`encode_questions` batch (special tokens dropped)."""
+    tokenizer = tokenizer_of(processor)
     param = next(model.parameters())
     inputs = {
         k: (v.to(device=param.device, dtype=param.dtype) if v.is_floating_point() else v.to(param.device))
         for k, v in batch.items()
-        if isinstance(v, torch.Tensor)
     }
     pad_id = model.generation_config.pad_token_id
     if pad_id is None:
@@ -105,10 +107,47 @@ def generate_answers(
     return [tokenizer.decode(row, skip_special_tokens=True) for row in new_tokens]
 
 
+def generate_answers(
+    model: Any,
+    processor: Any,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> list[str]:
+    """Greedy answers to ``questions`` about ``images`` in one left-padded batch (special tokens dropped)."""
+    batch = encode_questions(processor, images, questions)
+    return generate_from_inputs(model, processor, batch, max_new_tokens=max_new_tokens)
+
+
+@dataclass(frozen=True)
+class EncodedOpenItems:
+    """Open-ended items with their processor batches prepared once, for evaluating many models on one set."""
+
+    items: tuple[OpenItem, ...]
+    batches: tuple[dict[str, torch.Tensor], ...]
+    batch_size: int
+
+
+def encode_open_items(processor: Any, items: Sequence[OpenItem], batch_size: int = 64) -> EncodedOpenItems:
+    """Encode ``items`` in batches of ``batch_size`` (what :func:`evaluate_open_ended` would encode each call)."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    batches = tuple(
+        encode_questions(
+            processor,
+            [item.load_image() for item in items[start : start + batch_size]],
+            [item.question for item in items[start : start + batch_size]],
+        )
+        for start in range(0, len(items), batch_size)
+    )
+    return EncodedOpenItems(tuple(items), batches, batch_size)
+
+
 def evaluate_open_ended(
     model: Any,
     processor: Any,
-    items: Sequence[OpenItem],
+    items: Sequence[OpenItem] | EncodedOpenItems,
     batch_size: int = 64,
     *,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -116,10 +155,16 @@ def evaluate_open_ended(
 ) -> dict[str, Any]:
     """Exact-match accuracy of greedy answers, per family.
 
+    ``items`` may be :func:`encode_open_items`' encoding (its batches and batch size are used as they are:
+    the same answers, without re-encoding the set for every model).
+
     Returns ``{"accuracy": {family: float}, "mean_accuracy": float (unweighted over families),
     "n": {family: int}, "predictions": [{"id", "family", "prediction", "answer", "correct"}]}``.
     ``on_batch(k)`` is called with the number of items after each batch.
     """
+    encoded = items if isinstance(items, EncodedOpenItems) else None
+    if encoded is not None:
+        items, batch_size = encoded.items, encoded.batch_size
     if not items:
         raise DataError("no open-ended items to evaluate")
     if batch_size < 1:
@@ -128,15 +173,16 @@ def evaluate_open_ended(
     model.eval()
     predictions: list[dict[str, Any]] = []
     try:
-        for start in range(0, len(items), batch_size):
+        for index, start in enumerate(range(0, len(items), batch_size)):
             chunk = items[start : start + batch_size]
-            answers = generate_answers(
-                model,
-                processor,
-                [item.load_image() for item in chunk],
-                [item.question for item in chunk],
-                max_new_tokens=max_new_tokens,
+            batch = (
+                encoded.batches[index]
+                if encoded is not None
+                else encode_questions(
+                    processor, [item.load_image() for item in chunk], [item.question for item in chunk]
+                )
             )
+            answers = generate_from_inputs(model, processor, batch, max_new_tokens=max_new_tokens)
             for item, text in zip(chunk, answers, strict=True):
                 correct = normalise_answer(text) == normalise_answer(item.answer)
                 predictions.append(
