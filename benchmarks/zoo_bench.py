@@ -1,10 +1,10 @@
 """Zoo build time against the issue's budgets (mini ≤ 90 s, default ≤ 10 min on 2 cores), per thread count.
 
 Each build runs in a fresh process into a temporary directory; its peak RSS is the build process's and, when
-experts train in worker processes, the largest worker's. ``--workers`` compares expert parallelism in the same
-run (``1``: every expert in the build process; ``auto``: the builder's default, one process per thread). The
-same run measures the machine's 2-thread fp32 matmul speed, because build times on shared machines vary with it
-from day to day.
+experts train in worker processes, the largest worker's (its VmHWM, sampled every 0.5 s). ``--workers``
+compares expert parallelism in the same run (``1``: every expert in the build process; ``auto``: the
+builder's default, one process per thread). The same run measures the machine's 2-thread fp32 matmul speed,
+because build times on shared machines vary with it from day to day.
 Example: .venv/bin/python benchmarks/zoo_bench.py --preset mini --threads 2 --workers 1 auto
 """
 
@@ -21,10 +21,31 @@ from pathlib import Path
 BUDGET_S = {"mini": 90.0, "default": 600.0}
 
 BUILD = """
-import json, resource, sys, time, torch
+import json, os, resource, sys, threading, time, torch
 from pathlib import Path
 torch.set_num_threads(int(sys.argv[3]))
 from uqmerge.zoo.build import build_zoo, read_manifest
+
+worker_peaks = {}  # pid -> VmHWM in MB of this process's children (expert workers), sampled
+
+
+def watch_children():
+    # ru_maxrss of children counts the parent's pages at fork time, so read each worker's own high-water mark.
+    me = str(os.getpid())
+    while True:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if stat.read_text().rsplit(")", 1)[1].split()[1] != me:
+                    continue
+                for line in (stat.parent / "status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        worker_peaks[stat.parent.name] = int(line.split()[1]) / 1024
+            except (OSError, IndexError):
+                pass
+        time.sleep(0.5)
+
+
+threading.Thread(target=watch_children, daemon=True).start()
 start = time.perf_counter()
 workers = None if sys.argv[5] == "auto" else int(sys.argv[5])
 if __name__ == "__main__":
@@ -35,7 +56,7 @@ if __name__ == "__main__":
     runs = [base.get("vision_pretraining", {}), base, *manifest["experts"]]  # the tower's pre-training counts too
     steps = sum(run.get("steps_taken", 0) for run in runs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest joined worker
+    worker_rss = max(worker_peaks.values(), default=0.0)
     env = manifest["environment"]
     print(json.dumps({"wall_s": wall, "steps": steps, "peak_rss_mb": rss, "worker_rss_mb": worker_rss,
                       "workers": env.get("expert_workers", 1), "timings": manifest["timings"]}))

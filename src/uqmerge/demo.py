@@ -72,10 +72,10 @@ def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bo
     from uqmerge.pipeline.config import parse_run_config
     from uqmerge.pipeline.runner import run_uq_merge
     from uqmerge.selection import random_subsets
-    from uqmerge.zoo.build import build_zoo, read_manifest
+    from uqmerge.zoo.build import build_zoo_with_progress, read_manifest
 
     workdir.mkdir(parents=True, exist_ok=True)
-    zoo_dir = build_zoo(workdir / f"zoo-{preset}-seed{seed}", preset, seed)
+    zoo_dir = build_zoo_with_progress(workdir / f"zoo-{preset}-seed{seed}", preset, seed, quiet=quiet)
     manifest = read_manifest(zoo_dir)
     runs = {}
     for order in ("descending", "ascending"):
