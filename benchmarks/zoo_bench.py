@@ -41,7 +41,7 @@ def watch_children():
                     if line.startswith("VmHWM:"):
                         worker_peaks[stat.parent.name] = int(line.split()[1]) / 1024
             except (OSError, IndexError):
-                pass
+                pass  # the process ended between listing /proc and reading it
         time.sleep(0.5)
 
 

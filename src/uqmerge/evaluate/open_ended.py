@@ -120,6 +120,10 @@ def generate_answers(
     return generate_from_inputs(model, processor, batch, max_new_tokens=max_new_tokens)
 
 
+def _encode_items(processor: Any, items: Sequence[OpenItem]) -> dict[str, torch.Tensor]:
+    return encode_questions(processor, [item.load_image() for item in items], [item.question for item in items])
+
+
 @dataclass(frozen=True)
 class EncodedOpenItems:
     """Open-ended items with their processor batches prepared once, for evaluating many models on one set."""
@@ -134,12 +138,7 @@ def encode_open_items(processor: Any, items: Sequence[OpenItem], batch_size: int
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     batches = tuple(
-        encode_questions(
-            processor,
-            [item.load_image() for item in items[start : start + batch_size]],
-            [item.question for item in items[start : start + batch_size]],
-        )
-        for start in range(0, len(items), batch_size)
+        _encode_items(processor, items[start : start + batch_size]) for start in range(0, len(items), batch_size)
     )
     return EncodedOpenItems(tuple(items), batches, batch_size)
 
@@ -175,13 +174,7 @@ def evaluate_open_ended(
     try:
         for index, start in enumerate(range(0, len(items), batch_size)):
             chunk = items[start : start + batch_size]
-            batch = (
-                encoded.batches[index]
-                if encoded is not None
-                else encode_questions(
-                    processor, [item.load_image() for item in chunk], [item.question for item in chunk]
-                )
-            )
+            batch = encoded.batches[index] if encoded is not None else _encode_items(processor, chunk)
             answers = generate_from_inputs(model, processor, batch, max_new_tokens=max_new_tokens)
             for item, text in zip(chunk, answers, strict=True):
                 correct = normalise_answer(text) == normalise_answer(item.answer)

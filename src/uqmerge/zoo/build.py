@@ -426,7 +426,7 @@ class _ZooBuilder:
         With ``workers`` > 1 the experts train in that many spawned processes of ``threads_per_worker``
         threads each, from the base saved in ``models/base``; otherwise one after another in this process.
         """
-        if workers > 1 and len(self.preset.experts) > 1:
+        if workers > 1:
             done = _train_experts_in_workers(self, workers, threads_per_worker)
         else:
             base_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -488,6 +488,7 @@ def _train_experts_in_workers(
     builder: _ZooBuilder, workers: int, threads_per_worker: int
 ) -> dict[str, tuple[dict[str, Any], dict[str, float] | None]]:
     """Train ``builder``'s experts in ``workers`` spawned processes, the longest first; relay their progress."""
+    import contextlib
     import multiprocessing
     import queue
 
@@ -497,14 +498,12 @@ def _train_experts_in_workers(
     longest_first = sorted(preset.experts, key=lambda e: -e.steps)
 
     def relay(timeout: float) -> None:
-        try:
+        with contextlib.suppress(queue.Empty):  # the queue is drained
             message = progress.get(timeout=timeout)
             while True:
                 if builder.on_step is not None:
                     builder.on_step(*message)
                 message = progress.get_nowait()
-        except queue.Empty:
-            pass
 
     pool = context.Pool(workers, initializer=_init_expert_worker, initargs=(threads_per_worker, progress))
     try:
