@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from uqmerge.checkpoint.layouts import detect_layout, get_layout
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import ShardedWriter, assign_shards
-from uqmerge.errors import CheckpointError, LayoutError, OutputError
+from uqmerge.core.errors import CheckpointError, LayoutError, OutputError
 
 
 def _tensors() -> dict[str, torch.Tensor]:

@@ -17,7 +17,7 @@ from uqmerge.cli import app
 from uqmerge.config import parse_merge_config
 from uqmerge.engine.executor import tensor_seed
 from uqmerge.engine.merge import merge_to_dir
-from uqmerge.errors import CheckpointError, ConfigError, LayoutError, OutputError, PlanError
+from uqmerge.core.errors import CheckpointError, ConfigError, LayoutError, OutputError, PlanError
 from uqmerge.methods import MergeInputs, get_method
 
 

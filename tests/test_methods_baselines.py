@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from uqmerge.errors import ConfigError, PlanError
+from uqmerge.core.errors import ConfigError, PlanError
 from uqmerge.methods import MergeInputs, get_method
 from uqmerge.methods.baselines import BASELINE_METHODS
 from uqmerge.methods.task_vector import (

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.methods import MergeInputs, get_method
 
 

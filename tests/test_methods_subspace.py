@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uqmerge.errors import ConfigError, PlanError
+from uqmerge.core.errors import ConfigError, PlanError
 from uqmerge.methods import MergeInputs, get_method
 from uqmerge.methods.subspace import iso_cts_dimensions, polar_orthogonal, rank_budget, tsv_factors
 

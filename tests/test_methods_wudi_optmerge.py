@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.methods import MergeInputs, get_method
 from uqmerge.methods.optmerge import optmerge_targets
 from uqmerge.methods.wudi import QuadraticInterference, interference_loss, inverse_square_norms, minimise

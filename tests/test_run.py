@@ -160,7 +160,7 @@ def test_killed_run_resumes_from_its_last_step_with_cached_uq_and_the_same_selec
 
 
 def test_run_refuses_a_non_empty_dir_without_resume_and_a_changed_config_on_resume(world, tmp_path):
-    from uqmerge.errors import ConfigError, OutputError
+    from uqmerge.core.errors import ConfigError, OutputError
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()
@@ -186,7 +186,7 @@ def test_guidance_ablations_and_baselines_run(world, tmp_path, guidance):
 
 
 def test_run_config_rejects_unknown_keys_and_duplicate_ids(world):
-    from uqmerge.errors import ConfigError
+    from uqmerge.core.errors import ConfigError
 
     bad = _run_config(world)
     bad["selection"]["guidnce"] = "x"

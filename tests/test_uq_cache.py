@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.uq.api import run_uq
 from uqmerge.uq.cache import CACHE_ENV, UQCache, default_cache_dir, fingerprint_model_dir
 from uqmerge.uq.command import uq_command

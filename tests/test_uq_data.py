@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from uq_fixtures import colour_items, write_items
 
-from uqmerge.errors import DataError
+from uqmerge.core.errors import DataError
 from uqmerge.uq.data import (
     DataSpec,
     load_adapter,

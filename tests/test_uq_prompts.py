@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 from uqmerge.tiny import build_word_tokenizer
 from uqmerge.uq.perturb import SYSTEM_MESSAGES, draw_system_message
 from uqmerge.uq.prompts import build_messages, format_user_text, render_prompt, resolve_option_token_ids

@@ -9,7 +9,7 @@ import pytest
 import torch
 from uq_fixtures import colour_items, write_items
 
-from uqmerge.errors import DataError
+from uqmerge.core.errors import DataError
 from uqmerge.uq.api import uncertainty_of_loaded_model
 from uqmerge.uq.config import UQConfig, UQMode
 from uqmerge.uq.data import load_uq_datasets

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from zoo_fixtures import MICRO_PRESET
 
-from uqmerge.errors import ConfigError, OutputError
+from uqmerge.core.errors import ConfigError, OutputError
 from uqmerge.evaluate.open_ended import evaluate_open_ended, load_open_items, normalise_answer
 from uqmerge.uq.prompts import format_user_text, resolve_option_token_ids
 from uqmerge.zoo.build import build_zoo, families_to_train, read_manifest

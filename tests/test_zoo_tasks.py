@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from uqmerge.errors import ConfigError, DataError
+from uqmerge.core.errors import ConfigError, DataError
 from uqmerge.zoo.tasks import (
     DEFAULT_SPLIT_SIZES,
     EXTRA_OPTIONS,

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 
 app = typer.Typer(
     help="Merge multimodal LLMs fine-tuned from one base, with uncertainty-guided selection (UQ-Merge).",

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 
 ParamValue = float | int | str
 DTypeName = Literal["float32", "float16", "bfloat16"]

@@ -10,7 +10,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from uqmerge.errors import LayoutError
+from uqmerge.core.errors import LayoutError
 
 COMPONENTS = ("vision_tower", "projector", "language_model")
 ROLES = ("embeddings", "lm_head", "attention", "mlp", "norm")

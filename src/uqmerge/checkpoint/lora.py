@@ -50,7 +50,7 @@ import torch
 from uqmerge.checkpoint.layouts import Layout
 from uqmerge.checkpoint.reader import CheckpointReader, load_pickled_state
 from uqmerge.checkpoint.safetensors_format import TensorInfo, read_header, read_tensor, read_tensor_rows
-from uqmerge.errors import CheckpointError, ConfigError, LayoutError
+from uqmerge.core.errors import CheckpointError, ConfigError, LayoutError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_SAFETENSORS = "adapter_model.safetensors"

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from uqmerge.checkpoint.safetensors_format import TensorInfo, read_header, read_tensor, read_tensor_rows
-from uqmerge.errors import CheckpointError
+from uqmerge.core.errors import CheckpointError
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"

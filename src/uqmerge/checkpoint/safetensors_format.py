@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from uqmerge.errors import CheckpointError
+from uqmerge.core.errors import CheckpointError
 
 DTYPE_BY_CODE: dict[str, torch.dtype] = {
     "F64": torch.float64,

@@ -15,7 +15,7 @@ import torch
 
 from uqmerge.checkpoint.reader import SAFE_INDEX, SAFE_SINGLE, WEIGHT_SUFFIXES
 from uqmerge.checkpoint.safetensors_format import build_header, dtype_size
-from uqmerge.errors import OutputError
+from uqmerge.core.errors import OutputError
 
 log = logging.getLogger(__name__)
 

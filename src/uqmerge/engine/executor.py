@@ -45,7 +45,7 @@ from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import MergePlan, TensorTask
 from uqmerge.engine.sinks import TensorSink
-from uqmerge.errors import CheckpointError, PlanError, UQMergeError
+from uqmerge.core.errors import CheckpointError, PlanError, UQMergeError
 from uqmerge.methods import MergeInputs
 from uqmerge.methods.base import BlockMerger, Blockwise, RowBlock, TensorContext
 

@@ -14,7 +14,7 @@ from uqmerge.config import MergeConfig, parse_merge_config
 from uqmerge.engine.executor import execute_plan
 from uqmerge.engine.model_sink import ModelSink
 from uqmerge.engine.plan import MergePlan, build_plan
-from uqmerge.errors import CheckpointError
+from uqmerge.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ from uqmerge.engine.executor import MergeReport, resolve_device
 from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import DTYPES, MergePlan, TensorTask, build_plan
 from uqmerge.engine.sinks import RECIPE_FILE
-from uqmerge.errors import CheckpointError, ConfigError, PlanError
+from uqmerge.core.errors import CheckpointError, ConfigError, PlanError
 from uqmerge.methods import MergeInputs
 from uqmerge.report.model_card import resolved_recipe
 

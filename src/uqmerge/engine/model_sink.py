@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from uqmerge.checkpoint.layouts import Layout
-from uqmerge.errors import PlanError
+from uqmerge.core.errors import PlanError
 
 
 def map_keys_to_parameters(model: nn.Module, layout: Layout, keys: Iterable[str]) -> dict[str, torch.Tensor]:

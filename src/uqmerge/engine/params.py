@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from uqmerge.config import ComponentMethod, MergeConfig, ParamValue
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.methods import MergeMethod, get_method
 
 

@@ -18,7 +18,7 @@ from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import TensorSpec
 from uqmerge.config import MergeConfig
 from uqmerge.engine.params import ResolvedMethod, resolve_config_methods
-from uqmerge.errors import ConfigError, LayoutError, PlanError
+from uqmerge.core.errors import ConfigError, LayoutError, PlanError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

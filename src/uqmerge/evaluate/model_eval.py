@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from uqmerge.errors import DataError
+from uqmerge.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

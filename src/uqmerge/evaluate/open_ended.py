@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from uqmerge.errors import DataError
+from uqmerge.core.errors import DataError
 from uqmerge.uq.data import jsonl_rows
 from uqmerge.uq.prompts import build_messages, render_prompt, tokenizer_of
 from uqmerge.uq.scoring import left_padding

@@ -22,7 +22,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from uqmerge.errors import ConfigError, PlanError
+from uqmerge.core.errors import ConfigError, PlanError
 from uqmerge.methods.base import (
     BlockMerger,
     Blockwise,

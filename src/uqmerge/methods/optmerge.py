@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.methods.base import MergeInputs, MergeMethod, Param
 from uqmerge.methods.subspace import (
     low_rank,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.methods.base import MergeMethod
 from uqmerge.methods.baselines import BASELINE_METHODS
 from uqmerge.methods.optmerge import OPTMERGE_METHODS

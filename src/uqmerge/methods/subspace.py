@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from uqmerge.errors import ConfigError, PlanError
+from uqmerge.core.errors import ConfigError, PlanError
 from uqmerge.methods.base import MergeInputs, MergeMethod, Param
 from uqmerge.methods.task_vector import LAMBDA, task_vectors
 

@@ -31,7 +31,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.methods.base import Param, RowBlock
 from uqmerge.methods.magnitude import MagnitudeCut, MagnitudeSelector, magnitude_keys, select_magnitude_cuts
 

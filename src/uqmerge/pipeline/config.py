@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from uqmerge.config import ComponentMethod, DTypeName, ParamValue, format_validation_error, read_yaml
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.uq.config import UQConfig, UQMode
 
 

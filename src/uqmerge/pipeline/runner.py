@@ -16,7 +16,7 @@ import yaml
 
 from uqmerge.engine.incremental import IncrementalMerger, prefix_config
 from uqmerge.engine.merge import merge_to_dir
-from uqmerge.errors import ConfigError, OutputError
+from uqmerge.core.errors import ConfigError, OutputError
 from uqmerge.pipeline.config import RunConfig
 from uqmerge.selection import (
     SelectionResult,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 
 Order = Literal["descending", "ascending"]
 StopRule = Literal["first_increase", "none"]

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
-from uqmerge.errors import DataError, UQMergeError
+from uqmerge.core.errors import DataError, UQMergeError
 from uqmerge.uq import measures
 from uqmerge.uq.cache import UQCache, cache_key, fingerprint_model_dir
 from uqmerge.uq.config import UQConfig, UQMode

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 from uqmerge.uq.results import UQResult
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.uq.config import UQConfig, UQMode
 from uqmerge.uq.results import UQResult
 

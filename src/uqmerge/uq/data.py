@@ -51,7 +51,7 @@ from typing import Any
 
 from PIL import Image
 
-from uqmerge.errors import DataError
+from uqmerge.core.errors import DataError
 from uqmerge.uq.prompts import IDK_OPTION, LETTERS, NOTA_OPTION
 from uqmerge.uq.seeding import derive_seed
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 
 SYSTEM_MESSAGES: tuple[str, ...] = (
     "you are a helpful assistant",

@@ -6,7 +6,7 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 
 LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase)
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."

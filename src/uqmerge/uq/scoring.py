@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from uqmerge.errors import UQMergeError
+from uqmerge.core.errors import UQMergeError
 from uqmerge.uq.prompts import tokenizer_of
 
 

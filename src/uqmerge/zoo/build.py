@@ -48,7 +48,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import uqmerge
-from uqmerge.errors import CheckpointError, OutputError
+from uqmerge.core.errors import CheckpointError, OutputError
 from uqmerge.uq.seeding import derive_seed
 from uqmerge.zoo.model import init_base_model, load_zoo_model, save_zoo_model
 from uqmerge.zoo.presets import PRESETS, BaseRecipe, ExpertRecipe, ZooPreset, resolve_preset

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 
 IMAGE_SIZE = 32
 BACKGROUND: tuple[int, int, int] = (0, 0, 0)

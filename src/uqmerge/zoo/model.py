@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from uqmerge.errors import CheckpointError, ConfigError
+from uqmerge.core.errors import CheckpointError, ConfigError
 from uqmerge.tiny import build_tiny_llava
 from uqmerge.uq.prompts import ANSWER_INSTRUCTION, build_messages, format_user_text, render_prompt
 from uqmerge.zoo.images import IMAGE_SIZE

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.zoo.model import ZooArchitecture
 from uqmerge.zoo.tasks import ANSWERS, FAMILIES
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from uqmerge.errors import ConfigError, DataError
+from uqmerge.core.errors import ConfigError, DataError
 from uqmerge.zoo.images import COLOURS, IMAGE_SIZE, SHAPES, draw_shape, new_canvas
 
 FAMILIES: tuple[str, ...] = ("colour", "shape", "count", "position", "size")

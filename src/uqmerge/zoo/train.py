@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from uqmerge.errors import ConfigError
+from uqmerge.core.errors import ConfigError
 from uqmerge.uq.perturb import SYSTEM_MESSAGES
 from uqmerge.uq.prompts import LETTERS
 from uqmerge.uq.seeding import derive_seed

@@ -1,0 +1,1 @@
+"""The toolbox every layer shares: errors, devices and dtypes, atomic writes, stable seeds, summary statistics."""
