@@ -15,10 +15,10 @@ from uqmerge.checkpoint.layouts import detect_layout
 from uqmerge.checkpoint.lora import LoraCheckpoint
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.config import parse_merge_config
+from uqmerge.core.errors import CheckpointError, ConfigError, LayoutError
 from uqmerge.engine.lora_output import truncate_lora
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.engine.plan import build_plan
-from uqmerge.core.errors import CheckpointError, ConfigError, LayoutError
 
 VISION_MERGED = {"vision_tower": {"merge_method": "task_arithmetic"}}
 

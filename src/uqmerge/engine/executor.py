@@ -25,7 +25,6 @@ over the whole tensor; ``tests/test_blockwise.py`` checks it).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -42,10 +41,12 @@ from rich.progress import (
 )
 
 from uqmerge.checkpoint.reader import CheckpointReader
+from uqmerge.core.devices import resolve_device
+from uqmerge.core.errors import CheckpointError, PlanError, UQMergeError
+from uqmerge.core.seeds import seeded_generator, stable_seed
 from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import MergePlan, TensorTask
 from uqmerge.engine.sinks import TensorSink
-from uqmerge.core.errors import CheckpointError, PlanError, UQMergeError
 from uqmerge.methods import MergeInputs
 from uqmerge.methods.base import BlockMerger, Blockwise, RowBlock, TensorContext
 
@@ -60,32 +61,13 @@ _MAX_STATISTICS_PASSES = 8
 _KEEP_BASE_BYTES_PER_ELEMENT = 12  # base rows and model rows in fp32, their difference
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UQMergeError("--device cuda requested but no CUDA device is available; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UQMergeError(f"unknown device {device!r}; use cpu, cuda or auto")
-    return torch.device(device)
-
-
 def tensor_seed(seed: int, name: str, model: int | None = None) -> int:
-    """A stable 63-bit seed per (seed, tensor name[, model index]), independent of order and Python's hash salt.
+    """The seed of a tensor's random stream: :func:`~uqmerge.core.seeds.stable_seed` of (seed, name[, model]).
 
     Without ``model``: the tensor's single stream (``MergeInputs.generator``); with it: model ``model``'s own
     stream (``MergeInputs.generators[model]``), which blockwise merges consume block by block.
     """
-    key = f"{seed}\x00{name}" if model is None else f"{seed}\x00{name}\x00{model}"
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _seeded(seed: int) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator
+    return stable_seed(seed, name) if model is None else stable_seed(seed, name, model)
 
 
 @dataclass
@@ -248,14 +230,14 @@ class _Executor:
         if not action.method.randomized:
             return None
         seed = self.plan.config.seed
-        return [_seeded(tensor_seed(seed, task.name, i)) for i in range(len(self.plan.models))]
+        return [seeded_generator(tensor_seed(seed, task.name, i)) for i in range(len(self.plan.models))]
 
     def _merge_whole(self, task: TensorTask, action: ResolvedMethod) -> torch.Tensor:
         method = action.method
         models = [self.inputs.read(i, task.name) for i in range(len(self.plan.models))]
         # Without `base_model:` the first model stands in as the base; never read it twice.
         base = self.inputs.read(None, task.name) if method.requires_base else None
-        generator = _seeded(tensor_seed(self.plan.config.seed, task.name)) if method.randomized else None
+        generator = seeded_generator(tensor_seed(self.plan.config.seed, task.name)) if method.randomized else None
         merged = method.merge(
             MergeInputs(
                 name=task.name,

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from uqmerge.config import MergeConfig, parse_merge_config
+from uqmerge.core.errors import CheckpointError
 from uqmerge.engine.executor import execute_plan
 from uqmerge.engine.model_sink import ModelSink
 from uqmerge.engine.plan import MergePlan, build_plan
-from uqmerge.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

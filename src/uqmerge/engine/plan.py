@@ -17,8 +17,8 @@ from uqmerge.checkpoint.lora import ModelReader, is_lora_adapter, open_base, ope
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import TensorSpec
 from uqmerge.config import MergeConfig
-from uqmerge.engine.params import ResolvedMethod, resolve_config_methods
 from uqmerge.core.errors import ConfigError, LayoutError, PlanError
+from uqmerge.engine.params import ResolvedMethod, resolve_config_methods
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

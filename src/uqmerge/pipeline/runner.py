@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from uqmerge.core.errors import ConfigError, OutputError
 from uqmerge.engine.incremental import IncrementalMerger, prefix_config
 from uqmerge.engine.merge import merge_to_dir
-from uqmerge.core.errors import ConfigError, OutputError
 from uqmerge.pipeline.config import RunConfig
 from uqmerge.selection import (
     SelectionResult,
