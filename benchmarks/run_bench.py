@@ -35,9 +35,9 @@ def main() -> None:
     from transformers import LlavaForConditionalGeneration
 
     from uqmerge.checkpoint.synthetic import make_fake_finetune
-    from uqmerge.config import parse_merge_config
     from uqmerge.engine.incremental import IncrementalMerger
     from uqmerge.engine.merge import merge_to_dir
+    from uqmerge.engine.recipe import MergeRecipe, parse_merge_config
     from uqmerge.tiny import build_tiny_llava
 
     torch.set_num_threads(2)
@@ -53,10 +53,10 @@ def main() -> None:
             make_fake_finetune(base, paths[cid], seed=100 + i, scale=0.05)
     params = sum(p.numel() for p in LlavaForConditionalGeneration.from_pretrained(base).parameters())
     print(f"{args.candidates} candidates of {params / 1e6:.1f}M parameters (fp32), method {args.method}")
-    merge = {"merge_method": args.method}
+    merge = MergeRecipe(merge_method=args.method)
 
     model = LlavaForConditionalGeneration.from_pretrained(base)
-    merger = IncrementalMerger(model, base, paths, merge)
+    merger = IncrementalMerger.for_candidates(model, base, paths, merge)
     start = time.perf_counter()
     for t in range(1, len(ids) + 1):
         merger.set_prefix(ids[:t])

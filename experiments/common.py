@@ -13,18 +13,18 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from uqmerge.demo import abbreviate_ids
+from uqmerge.report.records import RunRecord
+from uqmerge.report.tables import abbreviate_ids, markdown_table, pct
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "experiments" / "results"
@@ -117,7 +117,7 @@ def run_config(z: Zoo, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> dict[str, Any]:
+def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> RunRecord:
     """Run UQ-Merge (config :func:`run_config` + ``overrides``) into ``root/runs/<zoo>/<name>``; the record."""
     from uqmerge.pipeline.config import parse_run_config
     from uqmerge.pipeline.runner import run_uq_merge
@@ -129,8 +129,8 @@ def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> dict[str, Any]:
     # models, so a run is reused only if it was made on this very build of the zoo.
     zoo_build = hashlib.sha256((z.path / "manifest.json").read_bytes()).hexdigest()
     if done.exists() and stamp.exists() and stamp.read_text() == zoo_build:
-        record = json.loads(done.read_text())
-        if record["config"] == cfg.model_dump(mode="json"):
+        record = RunRecord.read(done)
+        if record.config == cfg.model_dump(mode="json"):
             log.info("run %s: reusing %s", name, done)
             return record
     if run_dir.exists():
@@ -138,44 +138,21 @@ def uq_merge(root: Path, z: Zoo, name: str, **overrides: Any) -> dict[str, Any]:
     start = time.perf_counter()
     record = run_uq_merge(cfg, run_dir, quiet=True)
     stamp.write_text(zoo_build)
-    log.info("run %s: selected %s (%.0f s)", name, record["selected"], time.perf_counter() - start)
+    log.info("run %s: selected %s (%.0f s)", name, record.selected, time.perf_counter() - start)
     return record
 
 
-def evaluate_selection(z: Zoo, run: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def evaluate_selection(z: Zoo, run: RunRecord) -> tuple[dict[str, Any], list[str]]:
     """A UQ-Merge run's selection, evaluated: its JSON entry and its table cells (selected, held-in, held-out)."""
-    r = z.evaluate(run["selected"])
+    r = z.evaluate(run.selected)
     entry = {
-        "order": run["selection"]["order"],
-        "scores": run["selection"]["scores"],
-        "selected": run["selected"],
+        "order": run.selection.order,
+        "scores": run.selection.scores,
+        "selected": run.selected,
         "held_in": r["mc_mean"],
         "held_out": r["open_mean"],
     }
-    return entry, [short(run["selected"]), pct(r["mc_mean"]), pct(r["open_mean"])]
-
-
-def mean_se(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and standard error (sample sd / √n; 0 for one value)."""
-    xs = list(values)
-    mean = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
-
-
-def pct(x: float | None, se: float | None = None) -> str:
-    """``x`` as a percentage with one decimal (± s.e. when given)."""
-    if x is None:
-        return "—"
-    return f"{100 * x:.1f} ± {100 * se:.1f}" if se is not None else f"{100 * x:.1f}"
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured markdown table."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return entry, [short(run.selected), pct(r["mc_mean"]), pct(r["open_mean"])]
 
 
 def write_table(

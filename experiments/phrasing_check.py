@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import parse_args, pct, write_table, zoo
+from common import parse_args, write_table, zoo
 
 from uqmerge.evaluate.merge_eval import MergeEvaluator, zoo_eval_specs
+from uqmerge.report.tables import pct
 from uqmerge.uq.data import jsonl_rows
 from uqmerge.zoo.tasks import FAMILIES, TRAIN_QUESTIONS
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import time
 
-from common import PAPER_METHODS, mean_se, parse_args, pct, short, uq_merge, write_table, zoo
+from common import PAPER_METHODS, parse_args, short, uq_merge, write_table, zoo
 
+from uqmerge.core.stats import mean_se
+from uqmerge.report.tables import pct
 from uqmerge.selection import random_subsets
 
 SUBSET_SEEDS = (0, 1, 2)
@@ -24,7 +26,7 @@ def main() -> None:
     started = time.perf_counter()
     z = zoo(args.root, args.preset, args.seed)
     run = uq_merge(args.root, z, "uq-merge")
-    selected = run["selected"]
+    selected = run.selected
     subsets = [list(s.selected) for s in random_subsets(z.expert_ids, len(selected), SUBSET_SEEDS)]
     rows, data = [], {"uq_merge": {"selected": selected}, "subsets": subsets, "methods": {}}
     for method in PAPER_METHODS:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 
-from common import PAPER_METHODS, parse_args, pct, short, uq_merge, write_table, zoo
+from common import PAPER_METHODS, parse_args, short, uq_merge, write_table, zoo
+
+from uqmerge.report.tables import pct
 
 
 def main() -> None:
@@ -24,9 +26,9 @@ def main() -> None:
             "per_family": r["open_accuracy"],
         }
         rows.append([method, f"all {len(z.expert_ids)}", pct(r["mc_mean"]), pct(r["open_mean"])])
-    uq = z.evaluate(run["selected"])
-    data["uq_merge"] = {"selected": run["selected"], "held_in": uq["mc_mean"], "held_out": uq["open_mean"]}
-    rows.append(["**UQ-Merge** (linear)", short(run["selected"]), pct(uq["mc_mean"]), pct(uq["open_mean"])])
+    uq = z.evaluate(run.selected)
+    data["uq_merge"] = {"selected": run.selected, "held_in": uq["mc_mean"], "held_out": uq["open_mean"]}
+    rows.append(["**UQ-Merge** (linear)", short(run.selected), pct(uq["mc_mean"]), pct(uq["open_mean"])])
     base = z.evaluate([])
     data["base"] = {"held_in": base["mc_mean"], "held_out": base["open_mean"]}
     rows.append(["base (no merge)", "—", pct(base["mc_mean"]), pct(base["open_mean"])])

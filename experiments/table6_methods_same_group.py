@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import time
 
-from common import PAPER_METHODS, parse_args, pct, short, uq_merge, write_table, zoo
+from common import PAPER_METHODS, parse_args, short, uq_merge, write_table, zoo
+
+from uqmerge.report.tables import pct
 
 
 def main() -> None:
     args = parse_args(__doc__)
     started = time.perf_counter()
     z = zoo(args.root, args.preset, args.seed)
-    selected = uq_merge(args.root, z, "uq-merge")["selected"]
+    selected = uq_merge(args.root, z, "uq-merge").selected
     groups = {f"all {len(z.expert_ids)}": z.expert_ids, f"UQ-Merge's {len(selected)}": selected}
     rows, data = [], {"groups": groups, "methods": {}}
     for method in PAPER_METHODS:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import statistics
 import time
 
-from common import parse_args, pct, write_table, zoo
+from common import parse_args, write_table, zoo
+
+from uqmerge.report.tables import pct
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import ShardedWriter
-from uqmerge.config import parse_merge_config
+from uqmerge.engine.recipe import parse_merge_config
 from uqmerge.core.errors import CheckpointError
 from uqmerge.engine.executor import MergeReport, execute_plan, rows_per_block, tensor_seed
 from uqmerge.engine.merge import merge_to_dir

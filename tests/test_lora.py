@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 from uqmerge.checkpoint.layouts import detect_layout
 from uqmerge.checkpoint.lora import LoraCheckpoint
 from uqmerge.checkpoint.reader import CheckpointReader
-from uqmerge.config import parse_merge_config
 from uqmerge.core.errors import CheckpointError, ConfigError, LayoutError
 from uqmerge.engine.lora_output import truncate_lora
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.engine.plan import build_plan
+from uqmerge.engine.recipe import MergeRecipe, parse_merge_config
 
 VISION_MERGED = {"vision_tower": {"merge_method": "task_arithmetic"}}
 
@@ -397,14 +397,14 @@ def _resident_llava(path: Path) -> torch.nn.Module:
 def test_running_mean_over_lora_candidates_equals_a_full_merge_of_their_dense_versions(zoo):
     from uqmerge.engine.incremental import IncrementalMerger
 
-    merge = {"merge_method": "linear"}
-    lora = IncrementalMerger(
+    merge = MergeRecipe(merge_method="linear")
+    lora = IncrementalMerger.for_candidates(
         _resident_llava(zoo["llava"]), zoo["llava"], {"e": zoo["expert0"], "la": zoo["la"], "lb": zoo["lb"]}, merge
     )
     lora.set_prefix(["e"])
     lora.set_prefix(["e", "la"])
     lora.set_prefix(["e", "la", "lb"])  # two running-mean steps that read adapters
-    dense = IncrementalMerger(
+    dense = IncrementalMerger.for_candidates(
         _resident_llava(zoo["llava"]),
         zoo["llava"],
         {"e": zoo["expert0"], "la": zoo["la_dense"], "lb": zoo["lb_dense"]},
@@ -419,7 +419,8 @@ def test_reset_then_a_single_candidate_gives_that_candidate_not_a_stale_mean(zoo
 
     model = _resident_llava(zoo["llava"])
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    merger = IncrementalMerger(model, zoo["llava"], {"e": zoo["expert0"], "la": zoo["la"]}, {"merge_method": "linear"})
+    candidates = {"e": zoo["expert0"], "la": zoo["la"]}
+    merger = IncrementalMerger.for_candidates(model, zoo["llava"], candidates, MergeRecipe(merge_method="linear"))
     merger.set_prefix(["e", "la"])
     model.load_state_dict(base_state)
     merger.reset()

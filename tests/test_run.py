@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from uqmerge.checkpoint.reader import CheckpointReader
-from uqmerge.config import parse_merge_config
 from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
+from uqmerge.engine.recipe import MergeRecipe, parse_merge_config
 from uqmerge.pipeline.config import parse_run_config
 from uqmerge.pipeline.runner import UQMergeRun, run_uq_merge
 
@@ -38,7 +38,7 @@ def _run_config(world, **selection) -> dict:
         "base_model": str(world["base"]),
         "candidates": [{"id": k, "model": str(v)} for k, v in world["experts"].items()],
         "merge": {"merge_method": "linear"},
-        "uq": {"data": world["data"], "perturbations": 2, "batch_size": 4, "device": "cpu"},
+        "uq": {"data": world["data"], "perturbations": 2, "batch_size": 4},
         "selection": {"stop": "none", **selection},
         "device": "cpu",
     }
@@ -55,7 +55,7 @@ def test_running_mean_equals_the_from_scratch_mean_at_every_step(world):
 
     model = LlavaForConditionalGeneration.from_pretrained(world["base"])
     paths = world["experts"]
-    merger = IncrementalMerger(model, world["base"], paths, {"merge_method": "linear"})
+    merger = IncrementalMerger.for_candidates(model, world["base"], paths, MergeRecipe(merge_method="linear"))
     layout = get_layout("llava")
     readers = {k: CheckpointReader(v) for k, v in paths.items()}
     base = CheckpointReader(world["base"])
@@ -83,7 +83,8 @@ def test_non_linear_methods_re_merge_the_prefix_into_the_resident_model(world, t
 
     model = LlavaForConditionalGeneration.from_pretrained(world["base"])
     merge = {"merge_method": "ties", "parameters": {"density": 0.5}}
-    merger = IncrementalMerger(model, world["base"], world["experts"], merge)
+    merger_recipe = MergeRecipe.model_validate(merge)
+    merger = IncrementalMerger.for_candidates(model, world["base"], world["experts"], merger_recipe)
     merger.set_prefix(["e0", "e2"])
     cfg = {
         **merge,
@@ -100,7 +101,7 @@ def test_run_writes_the_merge_of_the_selected_ids_and_only_that_under_the_model_
     cfg = parse_run_config(_run_config(world, stop="first_increase"))
     run_dir = tmp_path / "run"
     record = run_uq_merge(cfg, run_dir, quiet=True)
-    selected = record["selected"]
+    selected = record.selected
     assert selected and set(selected) <= set(world["experts"])
     assert json.loads((run_dir / "selected.json").read_text()) == selected
     for name in ("run.json", "report.md", "report.html", "uncertainty_steps.png", "config.resolved.yaml"):
@@ -119,10 +120,10 @@ def test_run_writes_the_merge_of_the_selected_ids_and_only_that_under_the_model_
     for n in ref.names:
         assert torch.equal(got.read(n), ref.read(n)), n
     # Step 1 is the most uncertain candidate with its own score; the order follows descending UQ.
-    scores = {c: record["candidates"][c]["vl"]["score"] for c in world["experts"]}
-    assert record["selection"]["order"] == sorted(scores, key=lambda c: -scores[c])
-    assert record["steps"][0]["value"] == pytest.approx(scores[record["selection"]["order"][0]])
-    values = [s["value"] for s in record["steps"]]
+    scores = {c: record.candidates[c].scores["vl"].score for c in world["experts"]}
+    assert record.selection.order == sorted(scores, key=lambda c: -scores[c])
+    assert record.steps[0].value == pytest.approx(scores[record.selection.order[0]])
+    values = [s.value for s in record.steps]
     stop_at = next((i for i in range(1, len(values)) if values[i] >= min(values[:i])), None)
     assert len(selected) == (stop_at if stop_at is not None else len(values))
 
@@ -154,9 +155,9 @@ def test_killed_run_resumes_from_its_last_step_with_cached_uq_and_the_same_selec
         resumed = run_uq_merge(cfg, run_dir, resume=True, quiet=True)
     assert "UQ cache hit" in caplog.text
     assert [s["prefix"] for s in state["steps"]][1] not in resumed_calls  # the finished step is not redone
-    assert resumed["selected"] == full["selected"]
+    assert resumed.selected == full.selected
     # Resumed steps re-merge the prefix from scratch instead of the running mean: equal up to fp32 rounding.
-    assert [s["value"] for s in resumed["steps"]] == pytest.approx([s["value"] for s in full["steps"]], rel=1e-4)
+    assert [s.value for s in resumed.steps] == pytest.approx([s.value for s in full.steps], rel=1e-4)
 
 
 def test_run_refuses_a_non_empty_dir_without_resume_and_a_changed_config_on_resume(world, tmp_path):
@@ -179,10 +180,41 @@ def test_guidance_ablations_and_baselines_run(world, tmp_path, guidance):
     cfg = _run_config(world, guidance=guidance, stop="first_increase")
     cfg["baselines"] = {"all": True, "random_subset": {"k": 2, "seeds": [0, 1]}}
     record = run_uq_merge(parse_run_config(cfg), tmp_path / "run", quiet=True)
-    assert record["selection"]["guidance"] == guidance
-    assert set(record["baselines"]) == {"all", "random_subset_k2_seed0", "random_subset_k2_seed1"}
-    assert record["baselines"]["all"]["models"] == list(world["experts"])
+    assert record.selection.guidance == guidance
+    assert set(record.baselines) == {"all", "random_subset_k2_seed0", "random_subset_k2_seed1"}
+    assert record.baselines["all"].models == list(world["experts"])
     assert "Baselines" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_run_config_has_one_device_policy_with_uq_device_as_an_alias(world):
+    from uqmerge.core.errors import ConfigError
+
+    legacy = _run_config(world)
+    del legacy["device"]
+    legacy["uq"] = {**legacy["uq"], "device": "cpu", "dtype": "float32"}
+    cfg = parse_run_config(legacy)
+    assert (cfg.device, cfg.dtype) == ("cpu", "float32")
+    assert "device" not in cfg.uq.model_dump()
+    conflicting = _run_config(world)
+    conflicting["uq"] = {**conflicting["uq"], "device": "cuda"}
+    with pytest.raises(ConfigError, match="uq.device"):
+        parse_run_config(conflicting)
+    with pytest.raises(ConfigError, match="lora_output"):
+        parse_run_config({**_run_config(world), "merge": {"merge_method": "linear", "lora_output": {}}})
+
+
+def test_run_merge_section_is_the_merge_recipe_of_each_prefix(world):
+    cfg = _run_config(world)
+    cfg["merge"] = {"merge_method": "ties", "parameters": {"density": 0.5}, "exclude": ["lm_head"]}
+    cfg["candidates"][1]["parameters"] = {"weight": 2.0}
+    run = parse_run_config(cfg)
+    merge = run.merge_config(["e1", "e0"])
+    assert merge.base_model == str(world["base"]) and merge.exclude == ["lm_head"]
+    assert [(m.model, m.parameters) for m in merge.models] == [
+        (str(world["experts"]["e1"]), {"weight": 2.0}),
+        (str(world["experts"]["e0"]), {}),
+    ]
+    assert merge.merge_method == "ties" and merge.parameters == {"density": 0.5}
 
 
 def test_run_config_rejects_unknown_keys_and_duplicate_ids(world):

@@ -295,7 +295,9 @@ def test_random_order_is_reproducible_and_seed_dependent():
 
     # Recomputed from sha256 here: guards against a salted or platform-dependent hash sneaking in.
     def key(cid: str) -> bytes:
-        return hashlib.sha256(f"0:order:{cid}".encode()).digest()[:8]
+        # core.seeds.stable_seed: SHA-256 of repr(parts), first 8 bytes little-endian, top bit cleared.
+        digest = hashlib.sha256(repr((0, "order", cid)).encode()).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
     expected = tuple(sorted(ids, key=key))
     assert select_by_random_order(ids, merged, seed=0, model_uncertainty=model).order == expected

@@ -80,12 +80,12 @@ def test_uq_merge_run_on_the_zoo_writes_the_selected_merge(mini_zoo: Path, tmp_p
     cfg["uq"]["sample_ratio"] = 0.4
     record = run_uq_merge(parse_run_config(cfg, source="test"), tmp_path / "run", quiet=True)
     ids = [e["id"] for e in manifest["experts"]]
-    scores = record["selection"]["scores"]
+    scores = record.selection.scores
     assert set(scores) == set(ids)
-    assert record["selection"]["order"] == sorted(ids, key=lambda c: -scores[c])
-    selected = record["selected"]
-    assert selected == record["selection"]["order"][: len(selected)]
-    values = [s["value"] for s in record["steps"]]
+    assert record.selection.order == sorted(ids, key=lambda c: -scores[c])
+    selected = record.selected
+    assert selected == record.selection.order[: len(selected)]
+    values = [s.value for s in record.steps]
     # Stop rule: every kept step improved on the best before it; the step after the last kept one did not.
     assert all(values[i] < min(values[:i]) for i in range(1, len(selected)))
     if len(values) > len(selected):

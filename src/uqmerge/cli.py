@@ -110,7 +110,7 @@ def merge(
     verbose: Verbose = False,
 ) -> None:
     """Merge the models of CONFIG into an HF checkpoint in OUT_DIR (streaming, atomic, coverage-checked)."""
-    from uqmerge.config import load_merge_config
+    from uqmerge.engine.recipe import load_merge_config
     from uqmerge.engine.merge import merge_to_dir
 
     setup_logging(verbose, quiet)
@@ -204,7 +204,7 @@ def run(
     except UQMergeError as e:
         raise fail(e) from None
     if not quiet:
-        err_console.print(f"selected {record['selected']}; report: {out_dir / 'report.md'}")
+        err_console.print(f"selected {record.selected}; report: {out_dir / 'report.md'}")
 
 
 def _register_subcommands() -> None:

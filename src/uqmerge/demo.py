@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +33,6 @@ class DemoRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def abbreviate_ids(ids: list[str] | tuple[str, ...]) -> str:
-    """Zoo expert ids in short form for tables (``specialist-colour`` → ``S:colour``); ``(base)`` when empty."""
-    kinds = {"specialist": "S", "overtrained": "OT", "overconfident": "OC"}
-    out = []
-    for cid in ids:
-        kind, _, rest = cid.partition("-")
-        out.append(f"{kinds[kind]}:{rest}" if kind in kinds and rest else cid)
-    return ", ".join(out) if out else "(base)"
-
-
 def demo_run_config(manifest: dict[str, Any], zoo_dir: Path, *, order: str) -> dict[str, Any]:
     """The run config the demo uses: uniform linear merge, `vl` UQ with J=4 on the unlabeled held-in MC sets."""
     held_in = [str(zoo_dir / d["path"]) for d in manifest["datasets"] if d["split"] == "held_in"]
@@ -51,23 +40,16 @@ def demo_run_config(manifest: dict[str, Any], zoo_dir: Path, *, order: str) -> d
         "base_model": str(zoo_dir / manifest["base"]["path"]),
         "candidates": [{"id": e["id"], "model": str(zoo_dir / e["path"])} for e in manifest["experts"]],
         "merge": {"merge_method": "linear"},
-        "uq": {"data": held_in, "mode": "vl", "perturbations": 4, "seed": 0, "batch_size": 32, "device": "cpu"},
+        "uq": {"data": held_in, "mode": "vl", "perturbations": 4, "seed": 0, "batch_size": 32},
         "selection": {"guidance": "uncertainty", "order": order, "stop": "first_increase"},
         "baselines": {"all": order == "descending"},
         "device": "cpu",
     }
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
-
-
 def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bool = False) -> list[DemoRow]:
     """Build/reuse the zoo, run UQ-Merge both orders, evaluate, write ``demo_results.json``; return the rows."""
+    from uqmerge.core.stats import mean_se
     from uqmerge.evaluate.merge_eval import MergeEvaluator, zoo_eval_specs
     from uqmerge.pipeline.config import parse_run_config
     from uqmerge.pipeline.runner import run_uq_merge
@@ -104,12 +86,12 @@ def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bo
     best = max(expert_ids, key=lambda e: singles[e]["open_mean"])
     rows.append(row(f"best single expert ({best}, oracle)", [best]))
     desc = runs["descending"]
-    rows.append(row("merge-all", expert_ids, desc["baselines"]["all"]["uncertainty"]))
-    k = len(desc["selected"])
+    rows.append(row("merge-all", expert_ids, desc.baselines["all"].uncertainty))
+    k = len(desc.selected)
     subsets = random_subsets(expert_ids, k, RANDOM_SEEDS)
     scores = [evaluate(list(s.selected)) for s in subsets]
-    held_out, se = _mean_se([s["open_mean"] for s in scores])
-    mc, _ = _mean_se([s["mc_mean"] for s in scores])
+    held_out, se = mean_se([s["open_mean"] for s in scores])
+    mc, _ = mean_se([s["mc_mean"] for s in scores])
     rows.append(
         DemoRow(
             f"random subsets (k={k}, {len(RANDOM_SEEDS)} seeds)",
@@ -123,8 +105,7 @@ def run_demo(workdir: Path, *, preset: str = "default", seed: int = 0, quiet: bo
     )
     for order, label in (("descending", "UQ-Merge (descending, paper)"), ("ascending", "UQ-Merge (ascending)")):
         run = runs[order]
-        chosen = run["steps"][len(run["selected"]) - 1]["value"]
-        rows.append(row(label, list(run["selected"]), chosen))
+        rows.append(row(label, list(run.selected), run.selected_step.value))
     record = {
         "zoo": str(zoo_dir),
         "preset": preset,

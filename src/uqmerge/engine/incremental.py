@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from uqmerge.config import MergeConfig, parse_merge_config
 from uqmerge.core.errors import CheckpointError
 from uqmerge.engine.executor import execute_plan
 from uqmerge.engine.model_sink import ModelSink
 from uqmerge.engine.plan import MergePlan, build_plan
+from uqmerge.engine.recipe import MergeConfig, MergeRecipe, ModelEntry
 
 log = logging.getLogger(__name__)
 
 
-def prefix_config(merge: Mapping[str, Any], base_model: str, models: Sequence[str]) -> MergeConfig:
-    """The merge config of a candidate prefix: ``merge`` settings with these ``models`` and the base."""
-    per_model = merge.get("model_parameters", {})
-    data = {k: v for k, v in merge.items() if k != "model_parameters"}
-    data["base_model"] = base_model
-    data["models"] = [{"model": m, "parameters": per_model.get(m, {})} for m in models]
-    return parse_merge_config(data, source="run config merge:")
-
-
 class IncrementalMerger:
     """Keeps one model in memory and sets it to Merge(prefix) for successive candidate prefixes.
+
+    ``merge_config(prefix)`` gives the merge config of a prefix of candidate ids (for a run,
+    :meth:`uqmerge.pipeline.config.RunConfig.merge_config`); an unknown id is its KeyError.
 
     For ``linear`` a prefix that extends the previous one by a candidate updates a weighted running mean
     θ_t = θ_{t−1} + (w_t / W_t)(θ_new − θ_{t−1}), W_t = Σ_{i≤t} w_i, reading only the new candidate's
@@ -41,18 +35,14 @@ class IncrementalMerger:
     def __init__(
         self,
         model: nn.Module,
-        base_model: str | Path,
-        candidates: Mapping[str, str | Path],
-        merge: Mapping[str, Any],
+        merge_config: Callable[[Sequence[str]], MergeConfig],
         *,
         device: str = "cpu",
         low_memory: bool = False,
         allow_nonfinite: bool = False,
     ) -> None:
         self.model = model
-        self.base_model = str(base_model)
-        self.candidates = {k: str(v) for k, v in candidates.items()}
-        self.merge = dict(merge)
+        self.merge_config = merge_config
         self.device = device
         self.low_memory = low_memory
         self.allow_nonfinite = allow_nonfinite
@@ -62,8 +52,28 @@ class IncrementalMerger:
         self._sink: ModelSink | None = None
         self.bytes_read = 0
 
+    @classmethod
+    def for_candidates(
+        cls,
+        model: nn.Module,
+        base_model: str | Path,
+        candidates: Mapping[str, str | Path],
+        recipe: MergeRecipe,
+        **options: Any,
+    ) -> IncrementalMerger:
+        """A merger over candidate ids → model paths, each entering ``recipe`` with its default parameters."""
+        paths = {cid: str(path) for cid, path in candidates.items()}
+
+        def merge_config(prefix: Sequence[str]) -> MergeConfig:
+            unknown = [c for c in prefix if c not in paths]
+            if unknown:
+                raise KeyError(f"unknown candidate id(s) {unknown}")
+            return recipe.for_models(str(base_model), [ModelEntry(model=paths[c]) for c in prefix])
+
+        return cls(model, merge_config, **options)
+
     def _plan(self, prefix: Sequence[str]) -> MergePlan:
-        return build_plan(prefix_config(self.merge, self.base_model, [self.candidates[c] for c in prefix]))
+        return build_plan(self.merge_config(prefix))
 
     def _sink_for(self, plan: MergePlan) -> ModelSink:
         if self._sink is None:
@@ -79,9 +89,6 @@ class IncrementalMerger:
     def set_prefix(self, prefix: Sequence[str]) -> None:
         """Make the resident model equal Merge(prefix)."""
         prefix = list(prefix)
-        unknown = [c for c in prefix if c not in self.candidates]
-        if unknown:
-            raise KeyError(f"unknown candidate id(s) {unknown}")
         plan = self._plan(prefix)
         linear = plan.methods["*"] is not None and plan.methods["*"].method.name == "linear"
         if linear and prefix[:-1] == self.prefix and self._only_linear_or_keep(plan):

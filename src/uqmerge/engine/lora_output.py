@@ -48,7 +48,7 @@ from uqmerge import __version__
 from uqmerge.checkpoint.lora import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX, LoraCheckpoint, LoraUpdate
 from uqmerge.checkpoint.reader import SAFE_SINGLE
 from uqmerge.checkpoint.writer import ShardedWriter, TensorSpec, check_output_dir
-from uqmerge.config import MergeConfig
+from uqmerge.engine.recipe import MergeConfig
 from uqmerge.core.devices import resolve_device
 from uqmerge.core.errors import CheckpointError, ConfigError, PlanError
 from uqmerge.engine.executor import MergeReport
@@ -56,7 +56,7 @@ from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import DTYPES, MergePlan, TensorTask, build_plan
 from uqmerge.engine.sinks import RECIPE_FILE
 from uqmerge.methods import MergeInputs
-from uqmerge.report.model_card import resolved_recipe
+from uqmerge.engine.model_card import resolved_recipe
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from uqmerge.checkpoint.layouts import Classification, Layout, Rule, detect_layo
 from uqmerge.checkpoint.lora import ModelReader, is_lora_adapter, open_base, open_model
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import TensorSpec
-from uqmerge.config import MergeConfig
+from uqmerge.engine.recipe import MergeConfig
 from uqmerge.core.errors import ConfigError, LayoutError, PlanError
 from uqmerge.engine.params import ResolvedMethod, resolve_config_methods
 

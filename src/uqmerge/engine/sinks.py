@@ -11,7 +11,7 @@ import yaml
 
 from uqmerge.checkpoint.writer import ShardedWriter
 from uqmerge.engine.plan import MergePlan
-from uqmerge.report.model_card import merge_model_card, resolved_recipe
+from uqmerge.engine.model_card import merge_model_card, resolved_recipe
 
 RECIPE_FILE = "uqmerge_config.yml"
 

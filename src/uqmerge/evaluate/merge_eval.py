@@ -51,10 +51,12 @@ class MergeEvaluator:
 
     def _merger(self, merge: Mapping[str, Any]) -> Any:
         from uqmerge.engine.incremental import IncrementalMerger
+        from uqmerge.engine.recipe import MergeRecipe
 
         key = json.dumps(merge, sort_keys=True)
         if key not in self._mergers:
-            self._mergers[key] = IncrementalMerger(self.model, self.base_dir, self.experts, merge)
+            recipe = MergeRecipe.model_validate(merge)
+            self._mergers[key] = IncrementalMerger.for_candidates(self.model, self.base_dir, self.experts, recipe)
         if self._active != key:
             # Another merger moved the weights (perhaps tensors this one keeps): restart from the base.
             self.model.load_state_dict(self.base_state)

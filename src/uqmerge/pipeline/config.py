@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from uqmerge.config import ComponentMethod, DTypeName, ParamValue, format_validation_error, read_yaml
 from uqmerge.core.errors import ConfigError
+from uqmerge.engine.recipe import (
+    MergeConfig,
+    MergeRecipe,
+    ModelEntry,
+    ParamValue,
+    format_validation_error,
+    read_yaml,
+)
+from uqmerge.selection import RUN_GUIDANCES
 from uqmerge.uq.config import UQConfig, UQMode
 
 
@@ -24,28 +33,14 @@ class Candidate(_Strict):
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
 
 
-class MergeSettings(_Strict):
-    """Merge(·) of Algorithm 1: any registered method (default the paper's uniform linear average)."""
-
-    merge_method: str = "linear"
-    parameters: dict[str, ParamValue] = Field(default_factory=dict)
-    dtype: DTypeName | None = None
-    components: dict[str, Literal["keep_base"] | ComponentMethod] = Field(default_factory=dict)
-    include: list[str] = Field(default_factory=list)
-    exclude: list[str] = Field(default_factory=list)
-    seed: int = 0
-
-
 class UQSettings(UQConfig):
-    """UQ options (as `uqmerge uq`) plus the ``data`` specs."""
+    """UQ options (as `uqmerge uq`) plus the ``data`` specs; the device and dtype are the run's."""
 
     data: list[str] = Field(min_length=1)
-    device: str = "auto"
-    dtype: str = "auto"
 
     def uq_config(self, **overrides: Any) -> UQConfig:
-        """The plain UQConfig (without data/device), optionally with fields replaced."""
-        fields = self.model_dump(exclude={"data", "device", "dtype"})
+        """The plain UQConfig (without data), optionally with fields replaced."""
+        fields = self.model_dump(exclude={"data"})
         fields.update(overrides)
         return UQConfig(**fields)
 
@@ -53,7 +48,7 @@ class UQSettings(UQConfig):
 class SelectionSettings(_Strict):
     """Guidance, order and stop rule (paper Table 3 and Sec. 4.2/4.3 ablations)."""
 
-    guidance: Literal["uncertainty", "accuracy", "cp_set_size", "random"] = "uncertainty"
+    guidance: Literal[RUN_GUIDANCES] = "uncertainty"  # type: ignore[valid-type]
     order: Literal["descending", "ascending"] = "descending"
     stop: Literal["first_increase", "none"] = "first_increase"
     seed: int = 0
@@ -78,13 +73,35 @@ class RunConfig(_Strict):
 
     base_model: str
     candidates: list[Candidate] = Field(min_length=1)
-    merge: MergeSettings = Field(default_factory=MergeSettings)
+    merge: MergeRecipe = Field(default_factory=MergeRecipe)
     uq: UQSettings
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     baselines: BaselineSettings = Field(default_factory=BaselineSettings)
-    device: str = "cpu"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     low_memory: bool = False
     max_shard_size: int = Field(5 * 1000**3, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_device_policy(cls, data: Any) -> Any:
+        """``uq.device``/``uq.dtype`` are accepted as aliases of the run's ``device``/``dtype``, never beside them."""
+        if not isinstance(data, dict) or not isinstance(data.get("uq"), dict):
+            return data
+        uq = dict(data["uq"])
+        data = dict(data)
+        for key in ("device", "dtype"):
+            if key not in uq:
+                continue
+            value = uq.pop(key)
+            if key in data and data[key] != value:
+                raise ValueError(
+                    f"uq.{key} ({value!r}) differs from {key} ({data[key]!r}); a run scores candidates and merges on "
+                    f"one {key}: set only the top-level {key}"
+                )
+            data[key] = value
+        data["uq"] = uq
+        return data
 
     @field_validator("candidates", mode="before")
     @classmethod
@@ -101,14 +118,15 @@ class RunConfig(_Strict):
             raise ValueError(f"candidate ids must be unique; repeated: {dupes}")
         if self.selection.guidance == "cp_set_size" and self.uq.mode is not UQMode.CP:
             raise ValueError("selection.guidance cp_set_size needs uq.mode: cp")
+        if self.merge.lora_output is not None:
+            raise ValueError("merge.lora_output is not available in a run (it merges into one resident model)")
         return self
 
-    def merge_mapping(self) -> dict[str, Any]:
-        """Merge settings as a merge-config mapping (models and base are filled in per prefix)."""
-        data = self.merge.model_dump(mode="json", exclude_defaults=True)
-        data["merge_method"] = self.merge.merge_method
-        data["model_parameters"] = {c.model: c.parameters for c in self.candidates if c.parameters}
-        return data
+    def merge_config(self, candidate_ids: Sequence[str]) -> MergeConfig:
+        """The merge config of Merge(these candidates): the run's recipe, its base and their entries."""
+        by_id = {c.id: c for c in self.candidates}
+        entries = [ModelEntry(model=by_id[c].model, parameters=by_id[c].parameters) for c in candidate_ids]
+        return self.merge.for_models(self.base_model, entries)
 
 
 def parse_run_config(data: dict[str, Any], *, source: str = "run config") -> RunConfig:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +14,13 @@ from typing import Any
 import yaml
 
 from uqmerge.core.errors import ConfigError, OutputError
-from uqmerge.engine.incremental import IncrementalMerger, prefix_config
+from uqmerge.core.files import atomic_write_text
+from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.pipeline.config import RunConfig
+from uqmerge.report.records import BaselineRecord, CandidateRecord, CandidateScore, RunRecord, StepRecord
 from uqmerge.selection import (
+    RUN_GUIDANCES,
     SelectionResult,
     Step,
     random_subsets,
@@ -36,12 +38,6 @@ STATE_FILE = "state.json"
 MODEL_DIR = "model"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def config_digest(config: RunConfig) -> str:
     """A digest of everything that determines the run's numbers (resume refuses a changed config)."""
     return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
@@ -52,12 +48,16 @@ class RunState:
     """What a run has finished so far; saved after every step so ``--resume`` can continue."""
 
     digest: str
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+    baselines: dict[str, BaselineRecord] = field(default_factory=dict)
 
     def save(self, run_dir: Path) -> None:
-        data = {"digest": self.digest, "steps": self.steps, "baselines": self.baselines}
-        _atomic_write(run_dir / STATE_FILE, json.dumps(data, indent=2))
+        data = {
+            "digest": self.digest,
+            "steps": [s.model_dump(mode="json") for s in self.steps],
+            "baselines": {k: b.model_dump(mode="json") for k, b in self.baselines.items()},
+        }
+        atomic_write_text(run_dir / STATE_FILE, json.dumps(data, indent=2))
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState | None:
@@ -65,7 +65,19 @@ class RunState:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        return cls(data["digest"], data.get("steps", []), data.get("baselines", {}))
+        steps = [StepRecord.model_validate(s) for s in data.get("steps", [])]
+        baselines = {k: BaselineRecord.model_validate(b) for k, b in data.get("baselines", {}).items()}
+        return cls(data["digest"], steps, baselines)
+
+
+@dataclass(frozen=True)
+class MergedScore:
+    """The measure of one merged prefix and what it cost (kept until its selection step is recorded)."""
+
+    value: float
+    accuracy: float | None
+    merge_s: float
+    uq_s: float
 
 
 class UQMergeRun:
@@ -79,8 +91,10 @@ class UQMergeRun:
         self.uq_config: UQConfig = config.uq.uq_config()
         self._datasets: list[Any] | None = None
         self._merger: IncrementalMerger | None = None
+        self.processor: Any = None
         self.state = self._prepare_dir(resume)
-        self.candidate_results: dict[str, dict[str, Any]] = {}
+        self.candidate_scores: dict[str, dict[str, CandidateScore]] = {c.id: {} for c in config.candidates}
+        self.merged_scores: dict[tuple[str, ...], MergedScore] = {}
 
     # ---- set-up -----------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool) -> RunState:
@@ -100,7 +114,7 @@ class UQMergeRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "uq").mkdir(exist_ok=True)
         resolved = self.config.model_dump(mode="json")
-        _atomic_write(self.run_dir / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(self.run_dir / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
         state = RunState(digest)
         state.save(self.run_dir)
         return state
@@ -119,45 +133,50 @@ class UQMergeRun:
     @property
     def merger(self) -> IncrementalMerger:
         if self._merger is None:
-            from uqmerge.uq.api import load_model, resolve_device
+            from uqmerge.core.devices import resolve_device
+            from uqmerge.uq.api import load_model, resolve_dtype
 
+            # One device and dtype for the run: the resident merged model is scored exactly as candidates are.
             device = resolve_device(self.config.device)
-            model, self.processor = load_model(self.config.base_model, device=device, dtype=_float32())
+            dtype = resolve_dtype(self.config.dtype, device, Path(self.config.base_model))
+            model, self.processor = load_model(self.config.base_model, device=device, dtype=dtype)
             self._merger = IncrementalMerger(
                 model,
-                self.config.base_model,
-                self.paths,
-                self.config.merge_mapping(),
-                device=self.config.device,
+                self.config.merge_config,
+                device=str(device),
                 low_memory=self.config.low_memory,
             )
         return self._merger
 
+    @property
+    def merge_bytes_read(self) -> int:
+        """Bytes the resident merges read so far (0 when every prefix was a single model)."""
+        return self._merger.bytes_read if self._merger is not None else 0
+
     # ---- scores -----------------------------------------------------------------------------------
-    def candidate_uq(self, cid: str, config: UQConfig | None = None) -> dict[str, Any]:
+    def candidate_uq(self, cid: str, config: UQConfig | None = None) -> CandidateScore:
         """UQ of one candidate from disk (cached by weight fingerprint); saved under ``uq/<id>.json``."""
         from uqmerge.uq.api import run_uq
 
         config = config or self.uq_config
-        result = run_uq(
-            self.paths[cid], self.datasets, config, device=self.config.uq.device, dtype=self.config.uq.dtype
-        )
-        hit = " (cache hit)" if result.cache_hit else ""
-        log.info("candidate %s: %s %.6f%s", cid, result.measure, result.score, hit)
+        result = run_uq(self.paths[cid], self.datasets, config, device=self.config.device, dtype=self.config.dtype)
+        log.info("candidate %s: %s %.6f%s", cid, result.measure, result.score, " (cache hit)" * result.cache_hit)
         suffix = "" if config == self.uq_config else f".{config.mode.value}"
-        _atomic_write(self.run_dir / "uq" / f"{cid}{suffix}.json", result.to_json())
-        record = {"score": result.score, "accuracy": result.accuracy, "measure": result.measure, "cache_hit": hit != ""}
-        self.candidate_results.setdefault(cid, {}).update({config.mode.value: record})
-        return record
+        atomic_write_text(self.run_dir / "uq" / f"{cid}{suffix}.json", result.to_json())
+        score = CandidateScore(
+            score=result.score, accuracy=result.accuracy, measure=result.measure, cache_hit=result.cache_hit
+        )
+        self.candidate_scores[cid][config.mode.value] = score
+        return score
 
     def model_uncertainty(self, cid: str) -> float:
-        return float(self.candidate_uq(cid)["score"])
+        return float(self.candidate_uq(cid).score)
 
     def model_accuracy(self, cid: str) -> float:
-        record = self.candidate_uq(cid, self.uq_config.model_copy(update={"mode": UQMode.NONE}))
-        if record["accuracy"] is None:
+        score = self.candidate_uq(cid, self.uq_config.model_copy(update={"mode": UQMode.NONE}))
+        if score.accuracy is None:
             raise ConfigError("selection.guidance accuracy needs labeled UQ data (an `answer` per item)")
-        return float(record["accuracy"])
+        return float(score.accuracy)
 
     def merged_uncertainty(self, prefix: list[str]) -> float:
         """Set the resident model to Merge(prefix) and measure its UQ (no checkpoint is written)."""
@@ -169,42 +188,53 @@ class UQMergeRun:
         result = uncertainty_of_loaded_model(
             self.merger.model, self.processor, self.datasets, self.uq_config, model_name="+".join(prefix)
         )
-        self._last_timing = {"merge_s": merged_at - start, "uq_s": time.perf_counter() - merged_at}
-        self._last_accuracy = result.accuracy
+        self.merged_scores[tuple(prefix)] = MergedScore(
+            value=float(result.score),
+            accuracy=result.accuracy,
+            merge_s=merged_at - start,
+            uq_s=time.perf_counter() - merged_at,
+        )
         log.info("merged %s: %s %.6f", "+".join(prefix), result.measure, result.score)
         return float(result.score)
 
     # ---- selection --------------------------------------------------------------------------------
     def _on_step(self, step: Step) -> None:
-        record = {"prefix": list(step.prefix), "value": step.value}
-        if len(step.prefix) > 1:
-            record.update(self._last_timing, accuracy=self._last_accuracy)
+        merged = self.merged_scores.get(tuple(step.prefix)) if len(step.prefix) > 1 else None
+        record = StepRecord(prefix=list(step.prefix), value=step.value)
+        if merged is not None:
+            timing = {"merge_s": merged.merge_s, "uq_s": merged.uq_s, "accuracy": merged.accuracy}
+            record = record.model_copy(update=timing)
         self.state.steps.append(record)
         self.state.save(self.run_dir)
 
     def select(self) -> SelectionResult:
         s = self.config.selection
         ids = [c.id for c in self.config.candidates]
-        known = [{"prefix": r["prefix"], "value": r["value"]} for r in self.state.steps]
+        known = [Step(tuple(r.prefix), r.value) for r in self.state.steps]
         common: dict[str, Any] = {"stop": s.stop, "known_steps": known, "on_step": self._on_step}
-        if s.guidance == "uncertainty":
-            return select_by_uncertainty(ids, self.model_uncertainty, self.merged_uncertainty, order=s.order, **common)
-        if s.guidance == "cp_set_size":
-            return select_by_cp_set_size(ids, self.model_uncertainty, self.merged_uncertainty, order=s.order, **common)
-        if s.guidance == "accuracy":
-            return select_by_accuracy(
+        rules: dict[str, Callable[[], SelectionResult]] = {
+            "uncertainty": lambda: select_by_uncertainty(
+                ids, self.model_uncertainty, self.merged_uncertainty, order=s.order, **common
+            ),
+            "cp_set_size": lambda: select_by_cp_set_size(
+                ids, self.model_uncertainty, self.merged_uncertainty, order=s.order, **common
+            ),
+            "accuracy": lambda: select_by_accuracy(
                 ids,
                 self.model_accuracy,
                 self.merged_uncertainty,
                 order=s.order,
                 model_uncertainty=self.model_uncertainty,
                 **common,
-            )
-        return select_by_random_order(
-            ids, self.merged_uncertainty, seed=s.seed, model_uncertainty=self.model_uncertainty, **common
-        )
+            ),
+            "random": lambda: select_by_random_order(
+                ids, self.merged_uncertainty, seed=s.seed, model_uncertainty=self.model_uncertainty, **common
+            ),
+        }
+        assert set(rules) == set(RUN_GUIDANCES), "every run guidance needs a rule here"
+        return rules[s.guidance]()
 
-    def baselines(self, selected_size: int) -> dict[str, dict[str, Any]]:
+    def baselines(self, selected_size: int) -> dict[str, BaselineRecord]:
         """Merge-all and same-size random subsets, scored with the same UQ (resumable)."""
         b = self.config.baselines
         ids = [c.id for c in self.config.candidates]
@@ -220,24 +250,22 @@ class UQMergeRun:
                 continue
             prefix = list(res.selected)
             value = self.model_uncertainty(prefix[0]) if len(prefix) == 1 else self.merged_uncertainty(prefix)
-            self.state.baselines[name] = {"models": prefix, "uncertainty": value}
+            self.state.baselines[name] = BaselineRecord(models=prefix, uncertainty=value)
             self.state.save(self.run_dir)
         return self.state.baselines
 
     def write_model(self, selected: list[str]) -> Path:
         """Write Merge(selected) to ``run_dir/model`` with the streaming disk engine (atomic)."""
-        cfg = prefix_config(self.config.merge_mapping(), self.config.base_model, [self.paths[c] for c in selected])
         out = self.run_dir / MODEL_DIR
         merge_to_dir(
-            cfg, out, force=True, quiet=True, max_shard_size=self.config.max_shard_size, device=self.config.device
+            self.config.merge_config(selected),
+            out,
+            force=True,
+            quiet=True,
+            max_shard_size=self.config.max_shard_size,
+            device=self.config.device,
         )
         return out
-
-
-def _float32() -> Any:
-    import torch
-
-    return torch.float32
 
 
 def run_uq_merge(
@@ -247,7 +275,7 @@ def run_uq_merge(
     resume: bool = False,
     quiet: bool = False,
     on_stage: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Run UQ-Merge as configured; returns the run record also saved as ``run_dir/run.json``."""
     from uqmerge.report.run_report import write_run_report
 
@@ -261,18 +289,20 @@ def run_uq_merge(
     baselines = run.baselines(len(selected))
     stage("writing the selected model")
     model_dir = run.write_model(selected)
-    record = {
-        "config": config.model_dump(mode="json"),
-        "candidates": {c.id: {"model": c.model, **run.candidate_results.get(c.id, {})} for c in config.candidates},
-        "selection": result.to_dict(),
-        "steps": run.state.steps,
-        "selected": selected,
-        "baselines": baselines,
-        "model_dir": str(model_dir),
-        "merge_bytes_read": run._merger.bytes_read if run._merger else 0,
-        "wall_s": time.perf_counter() - started,
-    }
-    _atomic_write(Path(run_dir) / "selected.json", json.dumps(selected) + "\n")
-    _atomic_write(Path(run_dir) / "run.json", json.dumps(record, indent=2) + "\n")
+    record = RunRecord(
+        config=config.model_dump(mode="json"),
+        candidates={
+            c.id: CandidateRecord(model=c.model, scores=run.candidate_scores[c.id]) for c in config.candidates
+        },
+        selection=result.to_dict(),
+        steps=run.state.steps,
+        selected=selected,
+        baselines=baselines,
+        model_dir=str(model_dir),
+        merge_bytes_read=run.merge_bytes_read,
+        wall_s=time.perf_counter() - started,
+    )
+    atomic_write_text(Path(run_dir) / "selected.json", json.dumps(selected) + "\n")
+    atomic_write_text(Path(run_dir) / "run.json", record.to_json())
     write_run_report(record, Path(run_dir))
     return record

@@ -10,6 +10,7 @@ from uqmerge.selection.algorithm import (
 )
 from uqmerge.selection.guidance import (
     GUIDANCES,
+    RUN_GUIDANCES,
     random_subset,
     random_subsets,
     select_all,
@@ -17,12 +18,12 @@ from uqmerge.selection.guidance import (
     select_by_cp_set_size,
     select_by_random_order,
     select_by_uncertainty,
-    stable_unit,
 )
 
 __all__ = [
     "GUIDANCES",
     "ORDERS",
+    "RUN_GUIDANCES",
     "STOP_RULES",
     "SelectionError",
     "SelectionResult",
@@ -35,5 +36,4 @@ __all__ = [
     "select_by_random_order",
     "select_by_score",
     "select_by_uncertainty",
-    "stable_unit",
 ]

@@ -16,10 +16,10 @@ UQ-Merge's, repeated with 3 seeds) and Sec. 4.3 / Table 2 (merge all models).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from uqmerge.core.seeds import stable_unit
 from uqmerge.selection.algorithm import (
     Order,
     SelectionError,
@@ -30,20 +30,19 @@ from uqmerge.selection.algorithm import (
     validate_candidates,
 )
 
-GUIDANCES: tuple[str, ...] = ("uncertainty", "cp_set_size", "accuracy", "random", "all", "random_subset")
+RUN_GUIDANCES: tuple[str, ...] = ("uncertainty", "cp_set_size", "accuracy", "random")
+"""The guidance names ``selection.guidance`` of a run accepts (one home: the run config and runner use it)."""
+GUIDANCES: tuple[str, ...] = (*RUN_GUIDANCES, "all", "random_subset")
+"""Every ``SelectionResult.guidance`` value: the run guidances and the two baselines."""
 
 KnownSteps = Iterable[Step | Mapping[str, Any] | Sequence[Any]] | None
 
 
-def stable_unit(seed: int, *parts: str) -> float:
-    """A number in [0, 1) from sha256 of ``seed`` and ``parts``: the same on every run and platform.
-
-    Used instead of Python's ``hash()``, which is salted per process.
-    """
+def _seeded_unit(seed: int, *parts: str) -> float:
+    """:func:`~uqmerge.core.seeds.stable_unit` of (seed, *parts), after checking that ``seed`` is an integer."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SelectionError(f"seed must be an integer, got {seed!r}")
-    digest = hashlib.sha256(":".join((str(seed), *parts)).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    return stable_unit(seed, *parts)
 
 
 def select_by_uncertainty(
@@ -169,7 +168,7 @@ def select_by_random_order(
     so the order depends only on the seed and the ids (not on the candidates' listing order).
     """
     ids = validate_candidates(candidates)
-    keys = {cid: stable_unit(seed, "order", cid) for cid in ids}
+    keys = {cid: _seeded_unit(seed, "order", cid) for cid in ids}
     return select_by_score(
         ids,
         keys.__getitem__,
@@ -217,7 +216,7 @@ def random_subset(candidates: Sequence[str], k: int, seed: int) -> SelectionResu
     ids = validate_candidates(candidates)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(ids):
         raise SelectionError(f"k must be an integer between 1 and {len(ids)} (the candidates), got {k!r}")
-    drawn = set(sorted(ids, key=lambda cid: stable_unit(seed, "subset", cid))[:k])
+    drawn = set(sorted(ids, key=lambda cid: _seeded_unit(seed, "subset", cid))[:k])
     return _baseline("random_subset", ids, tuple(cid for cid in ids if cid in drawn), seed)
 
 

@@ -1,8 +1,15 @@
-"""Pydantic models of the YAML config files (unknown keys are errors) and their loading."""
+"""The merge recipe: strict pydantic models of a merge config (unknown keys are errors) and YAML loading.
+
+:class:`MergeRecipe` is what to do (method, parameters, components, include/exclude, dtype, seed);
+:class:`MergeConfig` adds which models (``base_model``, ``models``). `uqmerge merge` reads a MergeConfig and
+`uqmerge run` a MergeRecipe as its ``merge:`` section, completed per candidate prefix by
+:meth:`MergeRecipe.for_models`.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,12 +68,10 @@ def _check_regex(pattern: str) -> str:
     return pattern
 
 
-class MergeConfig(_Strict):
-    """A mergekit-like merge recipe (see README, "Merge configs")."""
+class MergeRecipe(_Strict):
+    """How to merge: a mergekit-like recipe without its models (`uqmerge run`'s ``merge:`` section)."""
 
-    merge_method: str
-    base_model: str | None = None
-    models: list[ModelEntry] = Field(min_length=1)
+    merge_method: str = "linear"
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
     dtype: DTypeName | None = None
     components: dict[str, Literal["keep_base"] | ComponentMethod] = Field(default_factory=dict)
@@ -94,6 +99,19 @@ class MergeConfig(_Strict):
             raise ValueError(f"unknown component(s) {unknown}; allowed: {sorted(allowed)}")
         return v
 
+    def for_models(self, base_model: str | None, models: Sequence[ModelEntry]) -> MergeConfig:
+        """The merge config of this recipe applied to ``models`` (and ``base_model``)."""
+        fields = {name: getattr(self, name) for name in MergeRecipe.model_fields}
+        return MergeConfig(**fields, base_model=base_model, models=list(models))
+
+
+class MergeConfig(MergeRecipe):
+    """A whole merge config (`uqmerge merge`): the recipe plus ``base_model`` and ``models``."""
+
+    merge_method: str
+    base_model: str | None = None
+    models: list[ModelEntry] = Field(min_length=1)
+
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line per problem: the key path and what is wrong."""
@@ -112,8 +130,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(p.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{p}: cannot read YAML ({e})") from e
+    if data is None:
+        raise ConfigError(f"{p}: the file is empty; expected a YAML mapping such as `merge_method: linear`")
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a YAML mapping at the top level")
+        raise ConfigError(f"{p}: expected a YAML mapping at the top level, got {type(data).__name__}")
     return data
 
 
