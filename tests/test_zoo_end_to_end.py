@@ -1,4 +1,4 @@
-"""UQ, UQ-Merge runs, eval and the demo end to end on the real `mini` zoo (built once per session)."""
+"""UQ, UQ-Merge runs, eval and the demo end to end on the real `mini` zoo (built once per test run)."""
 
 from __future__ import annotations
 

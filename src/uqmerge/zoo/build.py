@@ -3,7 +3,7 @@
 Layout of a zoo directory::
 
     manifest.json
-    data/held_in/<family>.jsonl    multiple choice (DESIGN.md's JSONL; images in data/held_in/images/)
+    data/held_in/<family>.jsonl    multiple choice (uqmerge's MC JSONL; images in data/held_in/images/)
     data/held_out/<family>.jsonl   open-ended, exact match (images in data/held_out/images/)
     models/base/                   Hugging Face LlavaForConditionalGeneration + LlavaProcessor
     models/<expert-id>/            one directory per expert, same format
@@ -133,7 +133,7 @@ class _HoldBelow:
         from uqmerge.evaluate.open_ended import OpenItem, encode_open_items
 
         self.model, self.processor, self.recipe, self.gate = model, processor, recipe, gate
-        # Encoded once: re-encoding the same items at every check cost 40 % of a check (session 11).
+        # Encoded once: re-encoding the same items at every check cost 40 % of a check .
         self.items = encode_open_items(
             processor,
             [OpenItem(item.id, item.family, item.question, item.answer, item.image) for item in items],
@@ -175,7 +175,7 @@ class _HoldBelow:
 
     def _set_lr_scale(self) -> None:
         # A family trained alone would otherwise take a full batch's step: it jumped from 45 to 96 % within
-        # ten steps, and the families left out collapsed within 10-20 steps (session-9 probes).
+        # ten steps, and the families left out collapsed within 10-20 steps.
         share = 1.0 if self.gate.active is None else len(self.gate.active) / len(self.recipe.families)
         self.gate.lr_scale = share * 0.5**self.halvings
 

@@ -212,7 +212,7 @@ REPLAY = 0.25
 
 SPECIALIST_REPLAY = 0.5
 """``default``'s specialists' share of base data (zoo v6): at 0.25 the merge of the five specialists fell below
-the base (session-10 probe, seed 2: 50.4 vs 55.6; at 0.5: 62.3)."""
+the base (seed 2: 50.4 vs 55.6 held-out; at 0.5: 62.3)."""
 
 
 def _specialists(

@@ -14,7 +14,7 @@ Five families, each with exactly four single-word answers, drawn on a 32×32 bla
 Splits (sizes in :data:`DEFAULT_SPLIT_SIZES`, per family):
 
 - ``train``: instruction-style pairs (question, one-word answer) in the training phrasings;
-- ``held_in``: multiple choice in the training phrasings, written as DESIGN.md's MC JSONL: the four
+- ``held_in``: multiple choice in the training phrasings, written as uqmerge's MC JSONL (docs/uq.md): the four
   answers of the family, then "I don't know" and "None of the above" (the paper's UQ format). The UQ
   sets and MC accuracy use this split;
 - ``held_out``: open-ended, exact-match answers, asked in questions never seen in training but made of
@@ -288,7 +288,7 @@ def _write_items(items: Iterable[TaskItem], out_dir: str | os.PathLike[str], nam
 
 
 def write_mc_jsonl(items: Iterable[TaskItem], out_dir: str | os.PathLike[str], *, name: str = "mc.jsonl") -> Path:
-    """Write MC items as DESIGN.md's JSONL (``id, image, question, options, answer``); return its path.
+    """Write MC items as uqmerge's MC JSONL (``id, image, question, options, answer``); return its path.
 
     ``answer`` is the correct option's text (it occurs exactly once in ``options``), ``image`` the
     PNG's path relative to the JSONL file.
