@@ -197,7 +197,7 @@ def test_run_config_has_one_device_policy_with_uq_device_as_an_alias(world):
     assert "device" not in cfg.uq.model_dump()
     conflicting = _run_config(world)
     conflicting["uq"] = {**conflicting["uq"], "device": "cuda"}
-    with pytest.raises(ConfigError, match="uq.device"):
+    with pytest.raises(ConfigError, match=r"uq\.device"):
         parse_run_config(conflicting)
     with pytest.raises(ConfigError, match="lora_output"):
         parse_run_config({**_run_config(world), "merge": {"merge_method": "linear", "lora_output": {}}})

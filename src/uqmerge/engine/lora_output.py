@@ -48,15 +48,15 @@ from uqmerge import __version__
 from uqmerge.checkpoint.lora import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX, LoraCheckpoint, LoraUpdate
 from uqmerge.checkpoint.reader import SAFE_SINGLE
 from uqmerge.checkpoint.writer import ShardedWriter, TensorSpec, check_output_dir
-from uqmerge.engine.recipe import MergeConfig
-from uqmerge.core.devices import resolve_device
+from uqmerge.core.devices import resolve_device, torch_dtype
 from uqmerge.core.errors import CheckpointError, ConfigError, PlanError
 from uqmerge.engine.executor import MergeReport
+from uqmerge.engine.model_card import resolved_recipe
 from uqmerge.engine.params import ResolvedMethod
-from uqmerge.engine.plan import DTYPES, MergePlan, TensorTask, build_plan
+from uqmerge.engine.plan import MergePlan, TensorTask, build_plan
+from uqmerge.engine.recipe import MergeConfig
 from uqmerge.engine.sinks import RECIPE_FILE
 from uqmerge.methods import MergeInputs
-from uqmerge.engine.model_card import resolved_recipe
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def plan_lora_output(plan: MergePlan, *, rank: int | None = None) -> LoraOutputP
         raise PlanError(
             "lora_output: the merged adapter would be empty: no tensor the adapters update is merged by the plan"
         )
-    dtype = DTYPES[plan.config.dtype] if plan.config.dtype else torch.float32
+    dtype = torch_dtype(plan.config.dtype) if plan.config.dtype else torch.float32
     return LoraOutputPlan(plan, rank, dtype, modules, dense, check_equal, fan_in_fan_out == {True})
 
 

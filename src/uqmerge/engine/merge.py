@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 from uqmerge.checkpoint.writer import check_output_dir
-from uqmerge.engine.recipe import MergeConfig
 from uqmerge.engine.executor import DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_CACHE_BYTES, MergeReport, execute_plan
 from uqmerge.engine.lora_output import merge_lora_adapters
 from uqmerge.engine.plan import build_plan
+from uqmerge.engine.recipe import MergeConfig
 from uqmerge.engine.sinks import DiskSink
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The resolved recipe (`uqmerge_config.yml`) and the model card (`README.md`) written next to every merged checkpoint."""
+"""The resolved recipe (`uqmerge_config.yml`) and the model card (`README.md`) written beside a merged checkpoint."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from uqmerge.engine.recipe import ComponentMethod, MergeConfig, ParamValue
 from uqmerge.core.errors import ConfigError
+from uqmerge.engine.recipe import ComponentMethod, MergeConfig, ParamValue
 from uqmerge.methods import MergeMethod, get_method
 
 

@@ -16,11 +16,10 @@ from uqmerge.checkpoint.layouts import Classification, Layout, Rule, detect_layo
 from uqmerge.checkpoint.lora import ModelReader, is_lora_adapter, open_base, open_model
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import TensorSpec
-from uqmerge.engine.recipe import MergeConfig
+from uqmerge.core.devices import DTYPE_NAMES, torch_dtype
 from uqmerge.core.errors import ConfigError, LayoutError, PlanError
 from uqmerge.engine.params import ResolvedMethod, resolve_config_methods
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from uqmerge.engine.recipe import MergeConfig
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,8 @@ def check_coverage(base: CheckpointReader, models: list[CheckpointReader]) -> No
 def base_dtype(base: CheckpointReader) -> torch.dtype:
     """The base's storage dtype: from config.json when given, else the most common floating tensor dtype."""
     name = base.config.get("dtype") or base.config.get("torch_dtype")
-    if isinstance(name, str) and name in DTYPES:
-        return DTYPES[name]
+    if isinstance(name, str) and name in DTYPE_NAMES:
+        return torch_dtype(name)
     counts: dict[torch.dtype, int] = {}
     for info in base.tensors.values():
         if info.dtype.is_floating_point:
@@ -163,7 +162,7 @@ def build_plan(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
     layout = _layout_for(config, base)
     classes = layout.classify_all(base.names)
     check_coverage(base, models)
-    out_dtype = DTYPES[config.dtype] if config.dtype else base_dtype(base)
+    out_dtype = torch_dtype(config.dtype) if config.dtype else base_dtype(base)
     tasks = []
     for name in base.names:
         info = base.info(name)

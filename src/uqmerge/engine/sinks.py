@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from uqmerge.checkpoint.writer import ShardedWriter
-from uqmerge.engine.plan import MergePlan
 from uqmerge.engine.model_card import merge_model_card, resolved_recipe
+from uqmerge.engine.plan import MergePlan
 
 RECIPE_FILE = "uqmerge_config.yml"
 
