@@ -14,21 +14,26 @@ they are read once and kept for the passes; otherwise each later pass re-reads i
 contiguous row ranges, usually from the page cache). ``MergeReport.bytes_read`` counts every byte read and
 ``bytes_reread`` the re-reads.
 
+Parameters. The plan's methods come bound (:class:`~uqmerge.engine.params.ResolvedMethod`: validated once, at
+config time); the executor runs their kernels on whole tensors (``method.run``) or row blocks
+(``method.start_blocks``) with those arguments.
+
 Seeding contract. Randomized methods get CPU generators, so masks are the same on any compute device:
-``MergeInputs.generator`` seeded with ``tensor_seed(seed, name)`` (one stream for the tensor) and
-``generators[i]`` / ``TensorContext.generators[i]`` seeded with ``tensor_seed(seed, name, i)`` for model i. The
-baseline methods draw model i's random numbers from ``generators[i]`` in flat (row-major) order of the tensor's
-entries, one ``torch.rand`` per block continuing the stream; so results depend neither on the order tensors are
-merged in nor on block boundaries (``torch.rand`` on consecutive blocks from one CPU generator equals one draw
-over the whole tensor; ``tests/test_blockwise.py`` checks it).
+``generators[i]`` (the kernel's, ``MergeInputs.generators[i]``, ``TensorContext.generators[i]``) seeded with
+``tensor_seed(seed, name, i)`` for model i. The baseline methods draw model i's random numbers from
+``generators[i]`` in flat (row-major) order of the tensor's entries, one ``torch.rand`` per block continuing the
+stream; so results depend neither on the order tensors are merged in nor on block boundaries (``torch.rand`` on
+consecutive blocks from one CPU generator equals one draw over the whole tensor; ``tests/test_blockwise.py``
+checks it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rich.progress import (
@@ -40,14 +45,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from uqmerge.checkpoint.reader import CheckpointReader
+from uqmerge.checkpoint.lora import ModelReader
 from uqmerge.core.devices import resolve_device
 from uqmerge.core.errors import CheckpointError, PlanError, UQMergeError
 from uqmerge.core.seeds import seeded_generator, stable_seed
 from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import MergePlan, TensorTask
 from uqmerge.engine.sinks import TensorSink
-from uqmerge.methods import MergeInputs
 from uqmerge.methods.base import BlockMerger, Blockwise, RowBlock, TensorContext
 
 log = logging.getLogger(__name__)
@@ -64,8 +68,8 @@ _KEEP_BASE_BYTES_PER_ELEMENT = 12  # base rows and model rows in fp32, their dif
 def tensor_seed(seed: int, name: str, model: int | None = None) -> int:
     """The seed of a tensor's random stream: :func:`~uqmerge.core.seeds.stable_seed` of (seed, name[, model]).
 
-    Without ``model``: the tensor's single stream (``MergeInputs.generator``); with it: model ``model``'s own
-    stream (``MergeInputs.generators[model]``), which blockwise merges consume block by block.
+    With ``model``: model ``model``'s own stream (the kernel's ``generators[model]``), which blockwise merges
+    consume block by block; without it: a single stream for the whole tensor.
     """
     return stable_seed(seed, name) if model is None else stable_seed(seed, name, model)
 
@@ -85,43 +89,41 @@ class MergeReport:
     keep_base_differences: dict[str, float] = field(default_factory=dict)
 
 
-class _Inputs:
-    """Reads input tensors whole or by rows, converts floating ones to fp32 on the device, validates, counts bytes."""
+class InputReads:
+    """Reads input tensors whole or by rows, converts floating ones to fp32 on the compute device, refuses
+    non-finite ones (unless allowed), and counts the bytes read. The dense merge and the LoRA-adapter output share
+    it."""
 
-    def __init__(self, plan: MergePlan, device: torch.device, allow_nonfinite: bool) -> None:
-        self.plan = plan
+    def __init__(self, device: torch.device, allow_nonfinite: bool) -> None:
         self.device = device
         self.allow_nonfinite = allow_nonfinite
         self.bytes_read = 0
         self.bytes_reread = 0
 
-    def reader(self, index: int | None) -> CheckpointReader:
-        """The base's reader for ``None``, else model ``index``'s."""
-        return self.plan.base if index is None else self.plan.models[index]
-
     def raw(
-        self, index: int | None, name: str, rows: tuple[int, int] | None = None, *, again: bool = False
+        self, reader: ModelReader, name: str, rows: tuple[int, int] | None = None, *, again: bool = False
     ) -> torch.Tensor:
         """Tensor ``name`` (or its ``rows``) as stored, on the CPU; ``again`` marks a re-read."""
-        reader = self.reader(index)
-        tensor = reader.read(name) if rows is None else reader.read_rows(name, *rows)
+        return self.count(reader.read(name) if rows is None else reader.read_rows(name, *rows), again=again)
+
+    def count(self, tensor: torch.Tensor, *, again: bool = False) -> torch.Tensor:
+        """``tensor``, just read as stored, with its bytes counted (as re-read too when ``again``)."""
         nbytes = tensor.numel() * tensor.element_size()
         self.bytes_read += nbytes
         if again:
             self.bytes_reread += nbytes
         return tensor
 
-    def compute(self, index: int | None, name: str, raw: torch.Tensor, *, check: bool = True) -> torch.Tensor:
+    def compute(self, raw: torch.Tensor, source: Path, name: str) -> torch.Tensor:
         """A floating ``raw`` as fp32 on the compute device, refused if it holds NaN/Inf (unless allowed)."""
         if not raw.is_floating_point():
             return raw
         tensor = raw.to(device=self.device, dtype=torch.float32)
-        if check:
-            self.check_finite(index, name, tensor)
+        self.check_finite(tensor, source, name)
         return tensor
 
-    def check_finite(self, index: int | None, name: str, tensor: torch.Tensor) -> None:
-        """CheckpointError unless every entry is finite (or non-finite entries are allowed).
+    def check_finite(self, tensor: torch.Tensor, source: Path, name: str) -> None:
+        """CheckpointError naming ``source`` and ``name`` unless every entry is finite (or non-finite is allowed).
 
         A finite sum proves every entry finite (NaN and ±Inf propagate) and costs one fast reduction; only a
         non-finite sum (which finite entries can also reach by overflow) is checked entry by entry.
@@ -130,13 +132,13 @@ class _Inputs:
             return
         if not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(
-                f"{self.reader(index).path}: tensor {name!r} contains NaN or Inf; fix the checkpoint or pass "
+                f"{source}: tensor {name!r} contains NaN or Inf; fix the checkpoint or pass "
                 "--allow-nonfinite to merge it anyway"
             )
 
-    def read(self, index: int | None, name: str) -> torch.Tensor:
+    def read(self, reader: ModelReader, name: str) -> torch.Tensor:
         """Whole tensor ``name``: fp32 on the compute device if floating."""
-        return self.compute(index, name, self.raw(index, name))
+        return self.compute(self.raw(reader, name), reader.path, name)
 
 
 def row_bounds(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
@@ -159,11 +161,13 @@ class _RowSource:
     Rows read from disk a second time are counted as re-reads.
     """
 
-    def __init__(self, inputs: _Inputs, name: str, n_models: int, with_base: bool, *, cache: bool) -> None:
+    def __init__(
+        self, inputs: InputReads, name: str, models: Sequence[ModelReader], base: ModelReader | None, *, cache: bool
+    ) -> None:
         self.inputs = inputs
         self.name = name
-        self.sources: list[int | None] = [*range(n_models), *([None] if with_base else [])]
-        self.n_models = n_models
+        self.sources: list[ModelReader] = [*models, *([base] if base is not None else [])]
+        self.n_models = len(models)
         self.cache = cache
         self._disk_passes = 0
         self._kept: tuple[tuple[int, int], RowBlock] | None = None
@@ -176,7 +180,7 @@ class _RowSource:
             return
         self._kept = None
         if self.cache and self._raw is None:
-            self._raw = [self.inputs.raw(i, self.name) for i in self.sources]
+            self._raw = [self.inputs.raw(reader, self.name) for reader in self.sources]
         again = self._raw is None and self._disk_passes > 0
         if self._raw is None:
             self._disk_passes += 1
@@ -189,12 +193,12 @@ class _RowSource:
     def _block(self, rows: tuple[int, int], *, again: bool) -> RowBlock:
         start, stop = rows
         tensors = []
-        for k, index in enumerate(self.sources):
+        for k, reader in enumerate(self.sources):
             if self._raw is not None:
                 raw = self._raw[k][start:stop]
             else:
-                raw = self.inputs.raw(index, self.name, rows, again=again)
-            tensors.append(self.inputs.compute(index, self.name, raw))
+                raw = self.inputs.raw(reader, self.name, rows, again=again)
+            tensors.append(self.inputs.compute(raw, reader.path, self.name))
         row_numel = math.prod(tensors[0].shape[1:]) if tensors and tensors[0].dim() else 1
         base = tensors[self.n_models] if len(self.sources) > self.n_models else None
         return RowBlock(start, stop, start * row_numel, tensors[: self.n_models], base)
@@ -204,7 +208,7 @@ class _Executor:
     """Merges the plan's tasks one at a time (see the module docstring for memory, reads and seeding)."""
 
     def __init__(
-        self, plan: MergePlan, inputs: _Inputs, report: MergeReport, max_block_bytes: int, max_cache_bytes: int
+        self, plan: MergePlan, inputs: InputReads, report: MergeReport, max_block_bytes: int, max_cache_bytes: int
     ) -> None:
         if max_block_bytes <= 0:
             raise UQMergeError(f"max block size must be positive bytes, got {max_block_bytes}")
@@ -234,36 +238,18 @@ class _Executor:
 
     def _merge_whole(self, task: TensorTask, action: ResolvedMethod) -> torch.Tensor:
         method = action.method
-        models = [self.inputs.read(i, task.name) for i in range(len(self.plan.models))]
+        models = [self.inputs.read(reader, task.name) for reader in self.plan.models]
         # Without `base_model:` the first model stands in as the base; never read it twice.
-        base = self.inputs.read(None, task.name) if method.requires_base else None
-        generator = seeded_generator(tensor_seed(self.plan.config.seed, task.name)) if method.randomized else None
-        merged = method.merge(
-            MergeInputs(
-                name=task.name,
-                models=models,
-                base=base,
-                per_model=action.per_model,
-                params=action.params,
-                generator=generator,
-                generators=self._generators(task, action),
-            )
-        )
+        base = self.inputs.read(self.plan.base, task.name) if method.requires_base else None
+        merged = method.run(task.name, models, base, action.arguments, self._generators(task, action))
         _check_shape(method.name, task.name, merged, task.shape)
         return merged
 
     def _merge_blocks(self, task: TensorTask, action: ResolvedMethod, blockwise: Blockwise) -> torch.Tensor:
         method = action.method
         n = len(self.plan.models)
-        merger = blockwise.start(
-            TensorContext(
-                name=task.name,
-                shape=task.shape,
-                n_models=n,
-                per_model=action.per_model,
-                params=action.params,
-                generators=self._generators(task, action),
-            )
+        merger = method.start_blocks(
+            TensorContext(task.name, task.shape, action.arguments, self._generators(task, action))
         )
         bounds = self._bounds(task.shape, blockwise, blockwise.bytes_per_element(n))
         single = len(bounds) == 1
@@ -272,7 +258,8 @@ class _Executor:
         readers = [*self.plan.models, *([self.plan.base] if method.requires_base else [])]
         stored = sum(r.info(task.name).nbytes for r in readers)
         cache = reads > 1 and stored <= self.max_cache_bytes
-        source = _RowSource(self.inputs, task.name, n, method.requires_base, cache=cache)
+        base = self.plan.base if method.requires_base else None
+        source = _RowSource(self.inputs, task.name, self.plan.models, base, cache=cache)
         if merger.needs_statistics:
             _run_statistics(merger, source, bounds, method.name, task.name)
         if single:
@@ -297,11 +284,12 @@ class _Executor:
 
     def _keep_base(self, task: TensorTask) -> torch.Tensor:
         """The base's tensor as stored; with ``verify_keep_base``, the models' copies compared block by block."""
-        base = self.inputs.raw(None, task.name)
+        base_reader = self.plan.base
+        base = self.inputs.raw(base_reader, task.name)
         if not base.is_floating_point():
             return base
         if not self.plan.config.verify_keep_base:
-            self.inputs.check_finite(None, task.name, base)
+            self.inputs.check_finite(base, base_reader.path, task.name)
             return base
         bounds = (
             row_bounds(base.shape[0], rows_per_block(base.shape, _KEEP_BASE_BYTES_PER_ELEMENT, self.max_block_bytes))
@@ -309,9 +297,11 @@ class _Executor:
             else [None]
         )
         for rows in bounds:
-            base_rows = self.inputs.compute(None, task.name, base if rows is None else base[rows[0] : rows[1]])
-            for i in range(len(self.plan.models)):
-                model_rows = self.inputs.compute(i, task.name, self.inputs.raw(i, task.name, rows))
+            base_rows = self.inputs.compute(
+                base if rows is None else base[rows[0] : rows[1]], base_reader.path, task.name
+            )
+            for reader in self.plan.models:
+                model_rows = self.inputs.compute(self.inputs.raw(reader, task.name, rows), reader.path, task.name)
                 diff = float((model_rows - base_rows).abs().max()) if base_rows.numel() else 0.0
                 if diff > 0:
                     differences = self.report.keep_base_differences
@@ -352,7 +342,7 @@ def execute_plan(
     kept between statistics passes (see the module docstring).
     """
     dev = resolve_device(device)
-    inputs = _Inputs(plan, dev, allow_nonfinite)
+    inputs = InputReads(dev, allow_nonfinite)
     report = MergeReport()
     executor = _Executor(plan, inputs, report, max_block_bytes, max_cache_bytes)
     progress = Progress(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 from collections import Counter
@@ -44,19 +43,18 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
-from uqmerge import __version__
 from uqmerge.checkpoint.lora import ADAPTER_CONFIG, ADAPTER_SAFETENSORS, PEFT_PREFIX, LoraCheckpoint, LoraUpdate
 from uqmerge.checkpoint.reader import SAFE_SINGLE
 from uqmerge.checkpoint.writer import ShardedWriter, TensorSpec, check_output_dir
 from uqmerge.core.devices import resolve_device, torch_dtype
-from uqmerge.core.errors import CheckpointError, ConfigError, PlanError
-from uqmerge.engine.executor import MergeReport
-from uqmerge.engine.model_card import resolved_recipe
+from uqmerge.core.errors import ConfigError, PlanError
+from uqmerge.engine.executor import InputReads, MergeReport
+from uqmerge.engine.model_card import merge_model_card, resolved_recipe
 from uqmerge.engine.params import ResolvedMethod
 from uqmerge.engine.plan import MergePlan, TensorTask, build_plan
 from uqmerge.engine.recipe import MergeConfig
 from uqmerge.engine.sinks import RECIPE_FILE
-from uqmerge.methods import MergeInputs
+from uqmerge.methods.baselines import linear_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +63,19 @@ LINEAR_METHODS = ("linear", "task_arithmetic")
 _ONE_FILE = 1 << 62
 
 
-def lora_coefficients(action: ResolvedMethod, n_models: int) -> list[float]:
+def lora_coefficients(action: ResolvedMethod) -> list[float]:
     """c_i with merged ΔW = Σ_i c_i·ΔW_i: λ·w_i (``task_arithmetic``) or w_i/Σ w (``linear``)."""
     name = action.method.name
-    weights = [float(w) for w in action.per_model.get("weight", (1.0,) * n_models)]
-    if name == "task_arithmetic":
-        lam = float(action.params.get("lambda", 1.0))
-        return [lam * w for w in weights]
+    if name not in LINEAR_METHODS:
+        raise ConfigError(
+            f"lora_output: method {name!r} is not linear in the task vectors, so its merge of LoRA updates is not a "
+            f"LoRA update; use one of {list(LINEAR_METHODS)}, or drop `lora_output:` to write a dense checkpoint"
+        )
+    weights = [float(w) for w in action.per_model["weight"]]
     if name == "linear":
-        total = math.fsum(weights)
-        if abs(total) <= 1e-9 * math.fsum(abs(w) for w in weights):
-            raise ConfigError(
-                f"parameter 'weight' of the linear merge sums to {total:g}; the average needs a non-zero sum"
-            )
-        return [w / total for w in weights]
-    raise ConfigError(
-        f"lora_output: method {name!r} is not linear in the task vectors, so its merge of LoRA updates is not a LoRA "
-        f"update; use one of {list(LINEAR_METHODS)}, or drop `lora_output:` to write a dense checkpoint"
-    )
+        return linear_weights(weights)
+    lam = float(action.params["lambda"])
+    return [lam * w for w in weights]
 
 
 def concat_lora(bs: Sequence[Tensor], as_: Sequence[Tensor], coefficients: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -212,7 +205,7 @@ def plan_lora_output(plan: MergePlan, *, rank: int | None = None) -> LoraOutputP
         if task.action is None:
             kept.append(task.name)
             continue
-        coefficients = lora_coefficients(task.action, len(readers))
+        coefficients = lora_coefficients(task.action)
         low = [(i, u) for i, u in found if u.low_rank]
         full = [(i, u) for i, u in found if u.replacement is not None]
         if not low:
@@ -263,31 +256,20 @@ def _dense_output(task: TensorTask, param: str, lora_modules: set[str]) -> Dense
 
 
 class _Execution:
-    """Reads, merges and writes the output adapter's tensors one module at a time."""
+    """Reads (through the executor's :class:`InputReads`), merges and writes the output adapter's tensors."""
 
-    def __init__(self, out: LoraOutputPlan, device: torch.device, allow_nonfinite: bool) -> None:
+    def __init__(self, out: LoraOutputPlan, reads: InputReads) -> None:
         self.out = out
         self.readers: list[LoraCheckpoint] = _lora_readers(out.plan)
-        self.device = device
-        self.allow_nonfinite = allow_nonfinite
-        self.bytes_read = 0
-
-    def _fp32(self, tensor: Tensor, source: Path, name: str) -> Tensor:
-        self.bytes_read += tensor.numel() * tensor.element_size()
-        tensor = tensor.to(device=self.device, dtype=torch.float32)
-        if not self.allow_nonfinite and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(
-                f"{source}: tensor {name!r} contains NaN or Inf; fix it or pass --allow-nonfinite to merge it anyway"
-            )
-        return tensor
+        self.reads = reads
 
     def factors(self, module: ModuleOutput) -> tuple[Tensor, Tensor]:
         bs, as_, cs = [], [], []
         for i, update, coefficient in module.sources:
             reader = self.readers[i]
-            b, a = reader.read_factors(update)
-            bs.append(self._fp32(b, reader.weights.file, str(update.lora_b)))
-            as_.append(self._fp32(a, reader.weights.file, str(update.lora_a)))
+            b, a = (self.reads.count(factor) for factor in reader.read_factors(update))
+            bs.append(self.reads.compute(b, reader.weights.file, str(update.lora_b)))
+            as_.append(self.reads.compute(a, reader.weights.file, str(update.lora_a)))
             cs.append(coefficient)
         b, a = concat_lora(bs, as_, cs)
         if self.out.rank is not None:
@@ -310,38 +292,28 @@ class _Execution:
         task, plan = item.task, self.out.plan
         if task.action is None:
             raise PlanError(f"{task.name}: kept from the base, not merged")
-        models = [self._fp32(r.read(task.name), r.path, task.name) for r in self.readers]
+        models = [self.reads.read(r, task.name) for r in self.readers]
         method = task.action.method
-        base = self._fp32(plan.base.read(task.name), plan.base.path, task.name) if method.requires_base else None
-        merged = method.merge(
-            MergeInputs(task.name, models, base, task.action.per_model, task.action.params, generator=None)
-        )
-        return merged
+        base = self.reads.read(plan.base, task.name) if method.requires_base else None
+        return method.run(task.name, models, base, task.action.arguments)
 
 
-def _model_card(out: LoraOutputPlan) -> str:
-    plan = out.plan
-    methods = sorted({r.method.name for r in plan.methods.values() if r is not None})
+def _model_card(out: LoraOutputPlan, recipe: dict[str, Any]) -> str:
+    """The merge's model card (:func:`~uqmerge.engine.model_card.merge_model_card`) for a peft adapter, with a
+    section on its LoRA modules."""
+    card = merge_model_card(out.plan, recipe).replace("library_name: transformers\n", "library_name: peft\n", 1)
     ranks = Counter(m.rank for m in out.modules)
     how = "ranks concatenated (exact)" if out.rank is None else f"SVD-truncated to rank ≤ {out.rank} per module"
-    lines = [
-        "---",
-        "library_name: peft",
-        "tags: [merge, uqmerge, lora]",
-        f"base_model: {plan.base.path.name}",
-        "---",
-        f"# Merged LoRA adapter ({', '.join(methods)})",
+    section = [
+        "## LoRA adapter",
         "",
-        f"Made with uqmerge {__version__} from the base `{plan.base.path}` and {len(plan.models)} LoRA adapter(s):",
-        "",
-        *[f"- `{r.path}`" for r in plan.models],
-        "",
-        f"{len(out.modules)} LoRA module(s), {how}; ranks {dict(sorted(ranks.items()))}; scale 1 (lora_alpha = r).",
+        f"{len(out.modules)} LoRA module(s), {how}; ranks {dict(sorted(ranks.items()))}; scale 1 (lora_alpha = r); "
+        f"factors in `{recipe['lora_output']['factor_dtype']}`.",
         f"{len(out.dense)} merged full tensor(s) (modules_to_save, base-layer biases). Load with "
-        "`PeftModel.from_pretrained(base_model, this_dir)`; the exact recipe is in `uqmerge_config.yml`.",
+        "`PeftModel.from_pretrained(base_model, this_dir)`.",
         "",
     ]
-    return "\n".join(lines)
+    return card + "\n" + "\n".join(section)
 
 
 def merge_lora_adapters(
@@ -364,7 +336,8 @@ def merge_lora_adapters(
     check_output_dir(out_path, force=force)
     plan = build_plan(config, allow_pickle=allow_pickle)
     out = plan_lora_output(plan, rank=rank)
-    run = _Execution(out, resolve_device(device), allow_nonfinite)
+    reads = InputReads(resolve_device(device), allow_nonfinite)
+    run = _Execution(out, reads)
     report = MergeReport()
     writer = ShardedWriter(out_path, out.specs(), max_shard_size=_ONE_FILE, force=force)
     progress = Progress(
@@ -391,13 +364,13 @@ def merge_lora_adapters(
             "modules_to_save": out.modules_to_save(),
         }
         writer.add_file(RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
-        writer.add_file("README.md", _model_card(out))
+        writer.add_file("README.md", _model_card(out, recipe))
         # The writer names a single shard model.safetensors; peft looks for adapter_model.safetensors.
         os.replace(writer.tmp_dir / SAFE_SINGLE, writer.tmp_dir / ADAPTER_SAFETENSORS)
     except BaseException:
         writer.abort()
         raise
     writer.commit()
-    report.bytes_read = run.bytes_read
+    report.bytes_read = reads.bytes_read
     log.info("wrote LoRA adapter %s (%d modules, %d full tensors)", out_path, len(out.modules), len(out.dense))
     return report

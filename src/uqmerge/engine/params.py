@@ -1,22 +1,36 @@
-"""Resolution and validation of method parameters from a merge config (before any weight is read)."""
+"""Resolution and validation of method parameters from a merge config (before any weight is read).
+
+This is where every parameter is validated, once per config: :func:`resolve_method` binds each method
+(:meth:`~uqmerge.methods.base.MergeMethod.bind`) and the executor runs the bound arguments without checking them
+again.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from uqmerge.core.errors import ConfigError
 from uqmerge.engine.recipe import ComponentMethod, MergeConfig, ParamValue
-from uqmerge.methods import MergeMethod, get_method
+from uqmerge.methods import Arguments, MergeMethod, get_method
 
 
 @dataclass(frozen=True)
 class ResolvedMethod:
-    """A method with every parameter resolved: per-model lists and global values."""
+    """A method with its parameters bound for the config's models: per-model tuples and global values."""
 
     method: MergeMethod
-    per_model: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    arguments: Arguments
+
+    @property
+    def per_model(self) -> Mapping[str, tuple[ParamValue, ...]]:
+        """Each per-model parameter's value for every model."""
+        return self.arguments.per_model
+
+    @property
+    def params(self) -> Mapping[str, ParamValue]:
+        """The global parameters (defaults filled in; an optional parameter left unset is absent)."""
+        return self.arguments.params
 
     def describe(self) -> dict[str, object]:
         """JSON-friendly form for the recipe and model card."""
@@ -27,15 +41,6 @@ class ResolvedMethod:
         }
 
 
-def _check_value(method: MergeMethod, key: str, value: ParamValue, where: str) -> None:
-    spec = method.param(key)
-    if spec is None:
-        return
-    problem = spec.check(value)
-    if problem:
-        raise ConfigError(f"{where}: parameter {key!r} of method {method.name!r} {problem}")
-
-
 def resolve_method(
     method: MergeMethod,
     model_params: Sequence[Mapping[str, ParamValue]],
@@ -43,29 +48,14 @@ def resolve_method(
     *,
     where: str,
 ) -> ResolvedMethod:
-    """Resolve ``method``'s parameters: per-model value, else the shared value, else the default."""
-    n = len(model_params)
-    if n < method.min_models or (method.max_models is not None and n > method.max_models):
-        most = "any number" if method.max_models is None else str(method.max_models)
-        raise ConfigError(f"{where}: method {method.name!r} needs {method.min_models} to {most} models, got {n}")
-    per_model: dict[str, tuple[float, ...]] = {}
-    params: dict[str, ParamValue] = {}
-    for spec in method.params:
-        if spec.per_model:
-            values = []
-            for i, mp in enumerate(model_params):
-                value = mp.get(spec.name, shared.get(spec.name, spec.default))
-                if value is None:
-                    raise ConfigError(f"{where}: model {i} lacks required parameter {spec.name!r}")
-                _check_value(method, spec.name, value, f"{where}, model {i}")
-                values.append(float(value) if spec.kind is not str else value)
-            per_model[spec.name] = tuple(values)
-        else:
-            value = shared.get(spec.name, spec.default)
-            if value is not None:
-                _check_value(method, spec.name, value, where)
-                params[spec.name] = value
-    return ResolvedMethod(method, per_model, params)
+    """Bind ``method``'s parameters: per-model value, else the shared value, else the default; all validated."""
+    per_model = {
+        spec.name: [mp.get(spec.name, shared.get(spec.name, spec.default)) for mp in model_params]
+        for spec in method.params
+        if spec.per_model
+    }
+    params = {spec.name: shared[spec.name] for spec in method.params if not spec.per_model and spec.name in shared}
+    return ResolvedMethod(method, method.bind(per_model, params, len(model_params), where=where))
 
 
 def resolve_config_methods(config: MergeConfig) -> dict[str, ResolvedMethod | None]:

@@ -8,15 +8,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from uqmerge.core.errors import ConfigError
-from uqmerge.methods.base import MergeInputs, MergeMethod, Param
-from uqmerge.methods.subspace import (
-    low_rank,
-    merge_task_matrices,
-    param_value,
-    rank_budget,
-    truncated_svd,
-)
+from uqmerge.methods.base import MergeMethod, Param
+from uqmerge.methods.subspace import low_rank, merge_task_matrices, rank_budget, truncated_svd
 from uqmerge.methods.task_vector import LAMBDA
 from uqmerge.methods.wudi import QuadraticInterference, inverse_square_norms, minimise
 
@@ -97,12 +90,15 @@ _LR = Param("lr", None, "learning rate; unset: 1e-5 (full, Adam) or 1e-4 (lora, 
 _STEPS = Param("steps", 300, "optimiser steps per weight matrix", kind=int, low=1)
 
 
-def _optional(inputs: MergeInputs, spec: Param, fallback: float) -> float:
-    value = param_value(inputs, spec)
-    return fallback if value is None else float(value)
-
-
-def _merge_optmerge(inputs: MergeInputs) -> Tensor:
+def optmerge(
+    base: Tensor,
+    models: Sequence[Tensor],
+    lam: float | None = None,
+    variant: str = "full",
+    ratio: float | None = None,
+    lr: float | None = None,
+    steps: int = 300,
+) -> Tensor:
     """OptMerge (Wei et al., ICLR 2026, arXiv:2505.19892), per 2-D weight matrix.
 
     k = max(1, ⌊min(m, d)·``ratio``⌋), ratio = 1/n when unset. Each τ_i = U Σ Vᵀ gives an input anchor
@@ -126,27 +122,19 @@ def _merge_optmerge(inputs: MergeInputs) -> Tensor:
     here, where the release divides by zero. The release excludes the vision tower, embeddings,
     ``lm_head``, norms and biases by name; here the plan decides.
     """
-    variant = str(param_value(inputs, _VARIANT))
-    if variant not in VARIANTS:
-        raise ConfigError(
-            f"tensor {inputs.name!r}: optmerge variant must be {_VARIANT.describe_range()}, got {variant!r}"
-        )
     spec = VARIANTS[variant]
-    ratio = param_value(inputs, _RATIO)
-    lr = _optional(inputs, _LR, spec.lr)
-    steps = int(param_value(inputs, _STEPS))
+    step_size = spec.lr if lr is None else lr
     return merge_task_matrices(
-        inputs,
-        lambda taus: optmerge_merge(
-            taus, variant=variant, ratio=None if ratio is None else float(ratio), lr=lr, steps=steps
-        ),
-        _optional(inputs, _LAMBDA, spec.lam),
+        base,
+        models,
+        lambda taus: optmerge_merge(taus, variant=variant, ratio=ratio, lr=step_size, steps=steps),
+        spec.lam if lam is None else lam,
     )
 
 
 OPTMERGE = MergeMethod(
     name="optmerge",
-    merge=_merge_optmerge,
+    kernel=optmerge,
     params=(_LAMBDA, _VARIANT, _RATIO, _LR, _STEPS),
     summary="WUDI-style interference loss on denoised rank-k task vectors (full fine-tune or LoRA variant)",
     paper=(
@@ -156,4 +144,4 @@ OPTMERGE = MergeMethod(
     url="https://arxiv.org/abs/2505.19892",
 )
 
-OPTMERGE_METHODS: tuple[MergeMethod, ...] = (OPTMERGE,)
+METHODS: tuple[MergeMethod, ...] = (OPTMERGE,)

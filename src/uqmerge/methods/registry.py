@@ -1,22 +1,29 @@
-"""The explicit method registry: every method module lists its methods; this module collects them."""
+"""The explicit method registry: one line per method module; each module lists its methods as ``METHODS``."""
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from uqmerge.core.errors import ConfigError
 from uqmerge.methods.base import MergeMethod
-from uqmerge.methods.baselines import BASELINE_METHODS
-from uqmerge.methods.optmerge import OPTMERGE_METHODS
-from uqmerge.methods.slerp import SLERP_METHODS
-from uqmerge.methods.subspace import SUBSPACE_METHODS
-from uqmerge.methods.wudi import WUDI_METHODS
+
+METHOD_MODULES: tuple[str, ...] = (
+    "uqmerge.methods.baselines",
+    "uqmerge.methods.subspace",
+    "uqmerge.methods.wudi",
+    "uqmerge.methods.optmerge",
+    "uqmerge.methods.slerp",
+)
+"""Every module that defines merge methods, in the order their methods are registered."""
 
 
 def _collect() -> dict[str, MergeMethod]:
     methods: dict[str, MergeMethod] = {}
-    for method in (*BASELINE_METHODS, *SUBSPACE_METHODS, *WUDI_METHODS, *OPTMERGE_METHODS, *SLERP_METHODS):
-        if method.name in methods:
-            raise RuntimeError(f"merge method {method.name!r} registered twice")
-        methods[method.name] = method
+    for module in METHOD_MODULES:
+        for method in import_module(module).METHODS:
+            if method.name in methods:
+                raise RuntimeError(f"merge method {method.name!r} registered twice ({module})")
+            methods[method.name] = method
     return methods
 
 

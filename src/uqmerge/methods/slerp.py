@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from uqmerge.methods.base import MergeInputs, MergeMethod, Param
-from uqmerge.methods.subspace import param_value
+from uqmerge.methods.base import MergeMethod, Param
 
 
 def slerp(a: Tensor, b: Tensor, t: float, eps: float) -> Tensor:
@@ -39,7 +40,7 @@ _EPS = Param(
 )
 
 
-def _merge_slerp(inputs: MergeInputs) -> Tensor:
+def slerp_models(models: Sequence[Tensor], t: float = 0.5, eps: float = 5e-4) -> Tensor:
     """SLERP of exactly two models (Shoemake, "Animating Rotation with Quaternion Curves", SIGGRAPH 1985),
     applied per tensor as in mergekit.
 
@@ -52,13 +53,13 @@ def _merge_slerp(inputs: MergeInputs) -> Tensor:
     of ``models:`` and no base is read. ``t`` is one global number (mergekit also accepts per-filter
     gradients). The threshold test is ≤ rather than <.
     """
-    a, b = inputs.models
-    return slerp(a, b, float(param_value(inputs, _T)), float(param_value(inputs, _EPS)))
+    a, b = models
+    return slerp(a, b, t, eps)
 
 
 SLERP = MergeMethod(
     name="slerp",
-    merge=_merge_slerp,
+    kernel=slerp_models,
     params=(_T, _EPS),
     summary="Spherical interpolation between two models (t=0: first, t=1: second), linear when near-parallel",
     paper='Animating Rotation with Quaternion Curves (Shoemake, SIGGRAPH 1985); as in mergekit "slerp"',
@@ -68,4 +69,4 @@ SLERP = MergeMethod(
     max_models=2,
 )
 
-SLERP_METHODS: tuple[MergeMethod, ...] = (SLERP,)
+METHODS: tuple[MergeMethod, ...] = (SLERP,)

@@ -2,7 +2,8 @@
 
 The helpers here (rank budget, truncated SVD, orthogonal polar factor, the per-matrix
 wrapper that sends non-2-D tensors to the mean task vector) are reused by ``wudi`` and ``optmerge``.
-All linear algebra runs in fp32 on the device of the input tensors.
+All linear algebra runs in fp32 on the device of the input tensors. These methods need whole matrices,
+so they have no block protocol.
 """
 
 from __future__ import annotations
@@ -14,19 +15,10 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from uqmerge.core.errors import ConfigError, PlanError
-from uqmerge.methods.base import MergeInputs, MergeMethod, Param
+from uqmerge.methods.base import MergeMethod, Param
 from uqmerge.methods.task_vector import LAMBDA, task_vectors
 
 MatrixMerge = Callable[[Sequence[Tensor]], Tensor]
-
-
-def param_value(inputs: MergeInputs, spec: Param) -> float | int | str | None:
-    """Global parameter ``spec.name`` from ``inputs.params`` (else its default), checked against the spec."""
-    value = inputs.params.get(spec.name, spec.default)
-    if value is not None and (problem := spec.check(value)):
-        raise ConfigError(f"tensor {inputs.name!r}: parameter {spec.name!r} {problem}")
-    return value
 
 
 def rank_budget(shape: Sequence[int], n_models: int, ratio: float | None = None) -> int:
@@ -66,13 +58,11 @@ def polar_orthogonal(matrix: Tensor) -> Tensor:
     return p @ qh
 
 
-def merge_task_matrices(inputs: MergeInputs, merge_matrix: MatrixMerge, lam: float) -> Tensor:
+def merge_task_matrices(base: Tensor, models: Sequence[Tensor], merge_matrix: MatrixMerge, lam: float) -> Tensor:
     """θ_0 + λ·τ_m with τ_m = ``merge_matrix``(τ_1..τ_n) for 2-D tensors, the mean τ_i otherwise
     (biases, norms, conv kernels, and empty tensors)."""
-    if inputs.base is None:
-        raise PlanError(f"tensor {inputs.name!r}: this method needs a base model; set `base_model:` in the config")
-    base = inputs.base.float()
-    taus = task_vectors(base, [model.float() for model in inputs.models])
+    base = base.float()
+    taus = task_vectors(base, [model.float() for model in models])
     is_matrix = taus[0].ndim == 2 and taus[0].numel() > 0
     merged = merge_matrix(taus) if is_matrix else torch.stack(taus).mean(dim=0)
     return base + lam * merged
@@ -97,7 +87,7 @@ def tsv_merge(taus: Sequence[Tensor]) -> Tensor:
     return (u * sigma) @ vh
 
 
-def _merge_tsv_m(inputs: MergeInputs) -> Tensor:
+def tsv_m(base: Tensor, models: Sequence[Tensor], lam: float = 1.0) -> Tensor:
     """TSV-M (Gargiulo et al., CVPR 2025, arXiv:2412.00081), per 2-D weight matrix.
 
     k = max(1, ⌊min(m, d)/n⌋). Each τ_i = U_i Σ_i V_iᵀ keeps its top-k triplets; U = [U_1,k … U_n,k],
@@ -114,12 +104,12 @@ def _merge_tsv_m(inputs: MergeInputs) -> Tensor:
     (equivalent). The OptMerge release's "TSV" branch only fires on ``lm_head.weight``, which its own
     exclude list removes, so its reported TSV numbers are plain task-vector averaging.
     """
-    return merge_task_matrices(inputs, tsv_merge, float(param_value(inputs, LAMBDA)))
+    return merge_task_matrices(base, models, tsv_merge, lam)
 
 
 TSV_M = MergeMethod(
     name="tsv_m",
-    merge=_merge_tsv_m,
+    kernel=tsv_m,
     params=(LAMBDA,),
     summary="Task Singular Vectors merge: per-task top-1/n singular triplets, orthogonalised stacks",
     paper="Task Singular Vectors: Reducing Task Interference in Model Merging (Gargiulo et al., CVPR 2025)",
@@ -180,7 +170,7 @@ _COMMON_FRACTION = Param(
 )
 
 
-def _merge_iso_c(inputs: MergeInputs) -> Tensor:
+def iso_c(base: Tensor, models: Sequence[Tensor], lam: float = 1.0) -> Tensor:
     """Iso-C (Marczak et al., ICML 2025, arXiv:2502.04959), per 2-D weight matrix.
 
     Σ τ_i = U Σ Vᵀ; τ_m = σ̄ U Vᵀ with σ̄ the mean singular value (an isotropic spectrum on the task
@@ -194,10 +184,10 @@ def _merge_iso_c(inputs: MergeInputs) -> Tensor:
     the OptMerge release applies it to every merged tensor because its exclude list leaves only
     matrices). Here the plan decides which tensors are merged.
     """
-    return merge_task_matrices(inputs, iso_c_merge, float(param_value(inputs, _ISO_LAMBDA)))
+    return merge_task_matrices(base, models, iso_c_merge, lam)
 
 
-def _merge_iso_cts(inputs: MergeInputs) -> Tensor:
+def iso_cts(base: Tensor, models: Sequence[Tensor], common_space_fraction: float = 0.8, lam: float = 1.0) -> Tensor:
     """Iso-CTS (Marczak et al., ICML 2025, arXiv:2502.04959), per 2-D weight matrix.
 
     r = min(m, d). The common subspace is the top-k of Σ τ_i = U Σ Vᵀ with k ≈ ``common_space_fraction``·r
@@ -214,14 +204,12 @@ def _merge_iso_cts(inputs: MergeInputs) -> Tensor:
     Differences from released code: none in the formula beyond the k ≥ 0 cap; the stacks are
     concatenated rather than written into preallocated zero buffers (equivalent).
     """
-    fraction = float(param_value(inputs, _COMMON_FRACTION))
-    lam = float(param_value(inputs, _ISO_LAMBDA))
-    return merge_task_matrices(inputs, lambda taus: iso_cts_merge(taus, fraction), lam)
+    return merge_task_matrices(base, models, lambda taus: iso_cts_merge(taus, common_space_fraction), lam)
 
 
 ISO_C = MergeMethod(
     name="iso_c",
-    merge=_merge_iso_c,
+    kernel=iso_c,
     params=(_ISO_LAMBDA,),
     summary="Isotropic merge in the common subspace: SVD of Σ τ_i with every singular value set to their mean",
     paper=(
@@ -234,9 +222,9 @@ ISO_C = MergeMethod(
 ISO_CTS = replace(
     ISO_C,
     name="iso_cts",
-    merge=_merge_iso_cts,
+    kernel=iso_cts,
     params=(_ISO_LAMBDA, _COMMON_FRACTION),
     summary="Isotropic merge in common and task-specific subspaces, flat spectrum",
 )
 
-SUBSPACE_METHODS: tuple[MergeMethod, ...] = (TSV_M, ISO_C, ISO_CTS)
+METHODS: tuple[MergeMethod, ...] = (TSV_M, ISO_C, ISO_CTS)

@@ -3,8 +3,9 @@
 Every task-vector method is one recipe: sparsify each τ_i = θ_i − θ_0 (none | magnitude top-k |
 random DARE | DELLA | magnitude band), then combine the sparsified vectors either as a weighted sum
 (task arithmetic) or with sign consensus and a disjoint mean (TIES), then scale by λ. The kernels
-below are pure: they never modify their arguments, keep the dtype and device they are given, and
-validate their scalar arguments against the same :class:`Param` specs the methods publish.
+below are pure: they never modify their arguments and keep the dtype and device they are given. Their
+scalar arguments come validated (:meth:`~uqmerge.methods.base.MergeMethod.bind` checks them against the
+:class:`Param` specs below); the kernels only assert what they rely on.
 
 Counting and tie rules, shared by every magnitude-based step so results are exact and deterministic:
 
@@ -15,9 +16,10 @@ Counting and tie rules, shared by every magnitude-based step so results are exac
   tensor's device, so the same generator state gives the same mask on any compute device; one draw per
   entry in flat order, so a block of rows drawn after the rows before it continues the same stream.
 
-The same recipe runs block by block (:class:`TaskVectorBlocks`, for the executor's row blocks): the
-elementwise steps are unchanged, magnitude sparsifiers first find their exact cuts over the whole tensor
-(:class:`MagnitudeBand`), random ones continue their model's generator (:class:`StreamSparsifier`).
+Element-wise recipes (no sparsifier, or a random one continuing its model's generator) run block by block
+through the generic adapter of :mod:`uqmerge.methods.base`. Magnitude sparsifiers need their exact cuts over
+the whole tensor first: :class:`TaskVectorBlocks` runs the recipe on the executor's row blocks with
+:class:`MagnitudeBand` s, which find those cuts in statistics passes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ WEIGHT = Param(
     1.0,
     "scale of this model's contribution; a negative weight subtracts its task vector",
     per_model=True,
+    argument="weights",
 )
 NONNEGATIVE_WEIGHT = replace(
     WEIGHT,
@@ -58,6 +61,7 @@ DENSITY = Param(
     low=0.0,
     high=1.0,
     low_inclusive=False,
+    argument="densities",
 )
 GAMMA = Param(
     "gamma",
@@ -67,6 +71,7 @@ GAMMA = Param(
     low=0.0,
     high=1.0,
     high_inclusive=False,
+    argument="gammas",
 )
 EPSILON = Param(
     "epsilon",
@@ -76,15 +81,7 @@ EPSILON = Param(
     high=1.0,
     high_inclusive=False,
 )
-LAMBDA = Param("lambda", 1.0, "scale of the merged task vector added to the base")
-
-
-def check_param(spec: Param, value: float, *, where: str = "") -> float:
-    """``value`` as a float if ``spec`` accepts it; a ConfigError naming the parameter otherwise."""
-    problem = spec.check(value)
-    if problem is not None:
-        raise ConfigError(f"parameter {spec.name!r}{where} {problem}")
-    return float(value)
+LAMBDA = Param("lambda", 1.0, "scale of the merged task vector added to the base", argument="lam")
 
 
 def check_della_band(density: float, epsilon: float, *, where: str = "") -> None:
@@ -167,7 +164,7 @@ def magnitude_prune(tensor: Tensor, density: float) -> Tensor:
     :mod:`uqmerge.methods.magnitude`), not a sort. mergekit and peft use ``k = int(density·n)`` (floor;
     mergekit asserts k > 0) and leave tie order to ``topk``/``argsort``.
     """
-    density = check_param(DENSITY, density)
+    assert 0.0 < density <= 1.0, density
     n = tensor.numel()
     skip, keep = keep_counts(n, density)
     if keep == n:
@@ -180,11 +177,9 @@ def band_prune(tensor: Tensor, density: float, gamma: float) -> Tensor:
 
     Model Breadcrumbs' mask. Counts follow :func:`keep_counts`: the kept count is at least 1, and
     where rounding makes the two counts exceed ``n`` the dropped top shrinks (density wins), as in
-    mergekit's ``magnitude_outliers``. ``density + gamma > 1`` is a ConfigError.
+    mergekit's ``magnitude_outliers``. ``density + gamma`` must not exceed 1 (:func:`check_band_fractions`).
     """
-    density = check_param(DENSITY, density)
-    gamma = check_param(GAMMA, gamma)
-    check_band_fractions(density, gamma)
+    assert 0.0 < density <= 1.0 and 0.0 <= gamma < 1.0 and density + gamma <= 1.0 + 1e-9, (density, gamma)
     n = tensor.numel()
     skip, keep = keep_counts(n, density, gamma)
     if keep == n:
@@ -220,7 +215,7 @@ def random_prune(tensor: Tensor, density: float, generator: torch.Generator) -> 
     recent mergekit rescales survivors to match the L1 norm (``rescale_norm``) instead of
     dividing by density — we keep the paper's 1/density.
     """
-    density = check_param(DENSITY, density)
+    assert 0.0 < density <= 1.0, density
     return _bernoulli_keep_rescale(tensor, density, generator)
 
 
@@ -229,11 +224,10 @@ def della_keep_probabilities(tensor: Tensor, density: float, epsilon: float) -> 
 
     Rows: a 0-D or 1-D tensor is one row; a tensor of ≥ 2 dims is ``shape[0]`` rows of its flattened
     trailing dims. In a row of m entries, rank r (0 = smallest |τ|, ties by index) gets
-    ``p = (density − ε) + 2ε·r/(m − 1)``; a row of one entry gets ``density``.
+    ``p = (density − ε) + 2ε·r/(m − 1)``; a row of one entry gets ``density``. The band must lie in (0, 1]
+    (:func:`check_della_band`).
     """
-    density = check_param(DENSITY, density)
-    epsilon = check_param(EPSILON, epsilon)
-    check_della_band(density, epsilon)
+    assert density - epsilon > 0.0 and density + epsilon <= 1.0 and epsilon >= 0.0, (density, epsilon)
     cols = math.prod(tensor.shape[1:]) if tensor.dim() >= 2 else tensor.numel()
     if cols < 2 or tensor.numel() == 0:
         return torch.full_like(tensor, density)
@@ -285,14 +279,13 @@ def elect_sign(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
 def disjoint_merge(tensors: Sequence[Tensor], weights: Sequence[float], sign: Tensor) -> Tensor:
     """TIES's disjoint mean: Σ_{i∈A} w_i·τ̂_i / Σ_{i∈A} w_i over A = {i : sgn(w_i·τ̂_i) = γ ≠ 0}; 0 where A = ∅.
 
-    Weights must be ≥ 0 (a ConfigError otherwise). A zero weight or a pruned (zero) entry never
+    Weights must be ≥ 0 (:data:`NONNEGATIVE_WEIGHT`). A zero weight or a pruned (zero) entry never
     agrees, so it neither votes nor counts in the divisor. mergekit divides by the same sum of the
     agreeing weights; peft divides by the number of agreeing models. Computed without boolean masks
     (they are slow on CPU): w·τ̂·γ > 0 exactly where model i agrees, so relu(w·τ̂·γ)·γ is w·τ̂ there and 0
     elsewhere; a NaN entry (only with non-finite inputs allowed) propagates instead of being ignored.
     """
-    for i, weight in enumerate(weights):
-        check_param(NONNEGATIVE_WEIGHT, weight, where=f" of model {i}")
+    assert all(weight >= 0 for weight in weights), weights
     numerator = torch.zeros_like(sign)
     divisor = torch.zeros_like(sign)
     for tensor, weight in zip(tensors, weights, strict=True):
@@ -329,6 +322,22 @@ def merge_task_vectors(
     else:
         combined = weighted_sum(tensors, weights)
     return combined * scale
+
+
+def merge_onto_base(
+    base: Tensor,
+    models: Sequence[Tensor],
+    weights: Sequence[float],
+    *,
+    sparsifiers: Sequence[Sparsifier] | None = None,
+    sign_consensus: bool = False,
+    scale: float = 1.0,
+) -> Tensor:
+    """θ_0 + :func:`merge_task_vectors` (τ_1..τ_N): the body every task-vector method shares."""
+    combined = merge_task_vectors(
+        task_vectors(base, models), weights, sparsifiers=sparsifiers, sign_consensus=sign_consensus, scale=scale
+    )
+    return base + combined
 
 
 def mean_pairwise_cosine(tensors: Sequence[Tensor]) -> Tensor:
@@ -432,28 +441,6 @@ class MagnitudeBand:
         return keep_magnitude_band(tau, magnitude_keys(tau), top, dropped, offset)
 
 
-class StreamSparsifier:
-    """Blockwise random sparsifier: ``prune`` applied to each block continues its generator's stream.
-
-    ``prune`` must draw a block's random numbers in flat order from a generator used by this model only
-    (the seeding contract in :mod:`uqmerge.methods.base`), and act on whole rows if it ranks within rows.
-    """
-
-    needs_statistics = False
-
-    def __init__(self, prune: Sparsifier) -> None:
-        self.prune = prune
-
-    def observe(self, tau: Tensor, offset: int) -> None:
-        raise RuntimeError("StreamSparsifier has no statistics pass")
-
-    def end_pass(self) -> bool:
-        return False
-
-    def apply(self, tau: Tensor, offset: int) -> Tensor:
-        return self.prune(tau)
-
-
 class TaskVectorBlocks:
     """:func:`merge_task_vectors` as a block merger: θ_0 + λ·combine(sparsify_i(τ_i)), one block of rows at a time.
 
@@ -479,7 +466,7 @@ class TaskVectorBlocks:
         self.needs_statistics = bool(self._collecting)
 
     def observe(self, block: RowBlock) -> None:
-        base = _block_base(block)
+        base = block.base_rows()
         for i, sparsifier in self._collecting:
             sparsifier.observe(block.models[i] - base, block.offset)
 
@@ -488,21 +475,14 @@ class TaskVectorBlocks:
         return bool(self._collecting)
 
     def merge(self, block: RowBlock) -> Tensor:
-        base = _block_base(block)
         sparsifiers = None
         if self.sparsifiers is not None:
             sparsifiers = [partial(s.apply, offset=block.offset) for s in self.sparsifiers]
-        combined = merge_task_vectors(
-            task_vectors(base, block.models),
+        return merge_onto_base(
+            block.base_rows(),
+            block.models,
             self.weights,
             sparsifiers=sparsifiers,
             sign_consensus=self.sign_consensus,
             scale=self.scale,
         )
-        return base + combined
-
-
-def _block_base(block: RowBlock) -> Tensor:
-    if block.base is None:
-        raise ValueError(f"rows {block.start}:{block.stop}: task-vector merges need the base model's rows")
-    return block.base

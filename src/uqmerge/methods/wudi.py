@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from uqmerge.methods.base import MergeInputs, MergeMethod, Param
-from uqmerge.methods.subspace import merge_task_matrices, param_value
+from uqmerge.methods.base import MergeMethod, Param
+from uqmerge.methods.subspace import merge_task_matrices
 from uqmerge.methods.task_vector import LAMBDA
 
 
@@ -136,7 +136,7 @@ _RCOND = Param(
 )
 
 
-def _merge_wudi(inputs: MergeInputs) -> Tensor:
+def wudi(base: Tensor, models: Sequence[Tensor], lam: float = 1.0, lr: float = 1e-5, steps: int = 300) -> Tensor:
     """WUDI-Merging (Cheng et al., ICML 2025, arXiv:2503.08099), per 2-D weight matrix.
 
     The rows of τ_i span the inputs task i's layer saw, so interference on task i is measured as
@@ -152,13 +152,10 @@ def _merge_wudi(inputs: MergeInputs) -> Tensor:
     name (here the plan decides which tensors are merged). An all-zero τ_i gets weight 0 here, where the
     releases divide by zero.
     """
-    lr = float(param_value(inputs, _LR))
-    steps = int(param_value(inputs, _STEPS))
-    lam = float(param_value(inputs, LAMBDA))
-    return merge_task_matrices(inputs, lambda taus: wudi_adam_merge(taus, lr=lr, steps=steps), lam)
+    return merge_task_matrices(base, models, lambda taus: wudi_adam_merge(taus, lr=lr, steps=steps), lam)
 
 
-def _merge_wudi_closed_form(inputs: MergeInputs) -> Tensor:
+def wudi_closed_form(base: Tensor, models: Sequence[Tensor], lam: float = 1.0, rcond: float = 1e-4) -> Tensor:
     """WUDI's objective (Cheng et al., ICML 2025, arXiv:2503.08099) solved exactly, per 2-D weight matrix.
 
     L(τ_m) = Σ_i ‖(τ_m − τ_i) τ_iᵀ‖²_F / ‖τ_i‖²_F is quadratic; ∇L = 2(τ_m C − D) = 0 with
@@ -175,14 +172,12 @@ def _merge_wudi_closed_form(inputs: MergeInputs) -> Tensor:
 
     Not in the paper or its code, which run Adam for 300 steps per matrix.
     """
-    rcond = float(param_value(inputs, _RCOND))
-    lam = float(param_value(inputs, LAMBDA))
-    return merge_task_matrices(inputs, lambda taus: wudi_closed_form_merge(taus, rcond=rcond), lam)
+    return merge_task_matrices(base, models, lambda taus: wudi_closed_form_merge(taus, rcond=rcond), lam)
 
 
 WUDI = MergeMethod(
     name="wudi",
-    merge=_merge_wudi,
+    kernel=wudi,
     params=(LAMBDA, _LR, _STEPS),
     summary="Data-free merge minimising the task-vector interference loss with Adam",
     paper=(
@@ -195,9 +190,9 @@ WUDI = MergeMethod(
 WUDI_CLOSED_FORM = replace(
     WUDI,
     name="wudi_closed_form",
-    merge=_merge_wudi_closed_form,
+    kernel=wudi_closed_form,
     params=(LAMBDA, _RCOND),
     summary="Exact minimiser of the WUDI interference loss (pseudo-inverse), nearest to Σ τ_i",
 )
 
-WUDI_METHODS: tuple[MergeMethod, ...] = (WUDI, WUDI_CLOSED_FORM)
+METHODS: tuple[MergeMethod, ...] = (WUDI, WUDI_CLOSED_FORM)
