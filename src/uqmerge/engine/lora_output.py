@@ -301,7 +301,6 @@ class _Execution:
 def _model_card(out: LoraOutputPlan, recipe: dict[str, Any]) -> str:
     """The merge's model card (:func:`~uqmerge.engine.model_card.merge_model_card`) for a peft adapter, with a
     section on its LoRA modules."""
-    card = merge_model_card(out.plan, recipe).replace("library_name: transformers\n", "library_name: peft\n", 1)
     ranks = Counter(m.rank for m in out.modules)
     how = "ranks concatenated (exact)" if out.rank is None else f"SVD-truncated to rank ≤ {out.rank} per module"
     section = [
@@ -313,7 +312,9 @@ def _model_card(out: LoraOutputPlan, recipe: dict[str, Any]) -> str:
         "`PeftModel.from_pretrained(base_model, this_dir)`.",
         "",
     ]
-    return card + "\n" + "\n".join(section)
+    return merge_model_card(
+        out.plan, recipe, library_name="peft", tags=("merge", "uqmerge", "lora"), extra_sections=["\n".join(section)]
+    )
 
 
 def merge_lora_adapters(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from uqmerge import __version__
@@ -24,13 +25,24 @@ def resolved_recipe(plan: MergePlan) -> dict[str, Any]:
     return cfg
 
 
-def merge_model_card(plan: MergePlan, recipe: dict[str, Any]) -> str:
-    """A Hugging Face model card (markdown with YAML front matter) describing the merge."""
+def merge_model_card(
+    plan: MergePlan,
+    recipe: dict[str, Any],
+    *,
+    library_name: str = "transformers",
+    tags: Sequence[str] = ("merge", "uqmerge"),
+    extra_sections: Sequence[str] = (),
+) -> str:
+    """A Hugging Face model card (markdown with YAML front matter) describing the merge.
+
+    ``library_name`` and ``tags`` go into the front matter (a peft adapter is ``peft``); ``extra_sections`` are
+    markdown blocks appended after the standard ones.
+    """
     methods = {r.method.name: r.method for r in plan.methods.values() if r is not None}
     lines = [
         "---",
-        "library_name: transformers",
-        "tags: [merge, uqmerge]",
+        f"library_name: {library_name}",
+        f"tags: [{', '.join(tags)}]",
         f"base_model: {plan.base.path.name}",
         "---",
         f"# Merged model ({', '.join(sorted(methods))})",
@@ -51,5 +63,6 @@ def merge_model_card(plan: MergePlan, recipe: dict[str, Any]) -> str:
         "",
         f"Layout: `{plan.layout.name}`; output dtype `{recipe['dtype']}`. The exact recipe is in `uqmerge_config.yml`.",
         "",
+        *extra_sections,
     ]
     return "\n".join(lines)
