@@ -96,8 +96,8 @@ def child_read(base: str, experts: list[str]) -> dict:
 def child_merge(
     base: str, experts: list[str], method: str, out: str, params: dict, max_block_bytes: int | None
 ) -> dict:
-    from uqmerge.engine.recipe import parse_merge_config
     from uqmerge.engine.merge import merge_to_dir
+    from uqmerge.engine.recipe import parse_merge_config
 
     cfg = {"merge_method": method, "base_model": base, "models": [{"model": e} for e in experts], "parameters": params}
     options = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from common import parse_args, write_table, zoo
 
+from uqmerge.core.jsonl import jsonl_rows
 from uqmerge.evaluate.merge_eval import MergeEvaluator, zoo_eval_specs
 from uqmerge.report.tables import pct
-from uqmerge.uq.data import jsonl_rows
 from uqmerge.zoo.tasks import FAMILIES, TRAIN_QUESTIONS
 
 

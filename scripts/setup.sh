@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (Python >= 3.11) and install uqmerge with its dev tools; idempotent and quick when done.
+# Create .venv (Python >= 3.11) and install uqmerge with every extra and its dev tools; idempotent and quick
+# when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -8,8 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.uqmerge-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  # torch first, pinned to the CPU build this project targets (a range that admits newer releases would
-  # pull several GB of CUDA wheels).
+  # torch first, pinned to the CPU build this project targets: pyproject only bounds torch from below, and
+  # resolving that range would pull the newest release with several GB of CUDA wheels.
   .venv/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/pip install --quiet -e ".[dev]"
   touch "$stamp"

@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import ShardedWriter
-from uqmerge.engine.recipe import parse_merge_config
 from uqmerge.core.errors import CheckpointError
 from uqmerge.engine.executor import MergeReport, execute_plan, rows_per_block, tensor_seed
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.engine.plan import build_plan
+from uqmerge.engine.recipe import parse_merge_config
 from uqmerge.methods import MergeInputs, get_method
 from uqmerge.methods.baselines import BASELINE_METHODS
 from uqmerge.methods.magnitude import MagnitudeSelector, magnitude_keys, select_magnitude_cuts

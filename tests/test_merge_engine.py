@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from uqmerge.checkpoint.layouts import detect_layout
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.cli import app
-from uqmerge.engine.recipe import parse_merge_config
 from uqmerge.core.errors import CheckpointError, ConfigError, LayoutError, OutputError, PlanError
 from uqmerge.engine.executor import tensor_seed
 from uqmerge.engine.merge import merge_to_dir
+from uqmerge.engine.recipe import parse_merge_config
 from uqmerge.methods import MergeInputs, get_method
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import typer
 from typer.testing import CliRunner
+from uq_fixtures import colour_items, write_items
 
+from uqmerge.cli.uq import uq_command
 from uqmerge.core.errors import ConfigError
 from uqmerge.uq.api import run_uq
 from uqmerge.uq.cache import CACHE_ENV, UQCache, default_cache_dir, fingerprint_model_dir
-from uqmerge.uq.command import uq_command
 from uqmerge.uq.config import UQConfig
 
 pytest_plugins = ("uq_fixtures",)
@@ -40,6 +41,36 @@ def test_rerun_is_a_logged_cache_hit_with_identical_json(
     slim = run_uq(uq_llava_dir, [str(uq_jsonl)], UQConfig(mode="vl"), device="cpu", cache_dir=tmp_path)
     assert slim.cache_hit and slim.datasets[0].items is None and slim.score == first.score
     assert len(list((tmp_path / "results").glob("*.json"))) == 2
+
+
+def test_cache_key_follows_the_scored_items_not_the_batch_size_or_file_order(
+    uq_llava_dir: Path, tmp_path: Path
+) -> None:
+    rows = colour_items(tmp_path / "a", 4)
+    path = write_items(tmp_path / "a", rows)
+    config = UQConfig(mode="vl", perturbations=2, batch_size=8)
+    cache = tmp_path / "cache"
+    first = run_uq(uq_llava_dir, [str(path)], config, device="cpu", cache_dir=cache)
+    other_batch = run_uq(
+        uq_llava_dir, [str(path)], config.model_copy(update={"batch_size": 1}), device="cpu", cache_dir=cache
+    )
+    assert other_batch.cache_hit and other_batch.score == first.score
+    assert other_batch.config.batch_size == 1, "the record carries the caller's options"
+    colour_items(tmp_path / "b", 4)
+    reversed_file = write_items(tmp_path / "b", rows[::-1])
+    reordered = run_uq(uq_llava_dir, [str(reversed_file)], config, device="cpu", cache_dir=cache)
+    assert reordered.cache_hit and reordered.score == first.score
+    assert reordered.datasets[0].spec == f"jsonl:{reversed_file}", "the record names the file read this time"
+    assert reordered.datasets[0].fingerprint == first.datasets[0].fingerprint
+    renamed = run_uq(uq_llava_dir, [str(write_items(tmp_path / "a", rows, "renamed.jsonl"))], config, cache_dir=cache)
+    assert not renamed.cache_hit, "the dataset name keys every draw, so it is part of the key"
+    colour_items(tmp_path / "c", 4)
+    edited = [{**rows[0], "question": "Which colour is it?"}, *rows[1:]]
+    changed = run_uq(uq_llava_dir, [str(write_items(tmp_path / "c", edited))], config, cache_dir=cache)
+    assert not changed.cache_hit and changed.datasets[0].fingerprint != first.datasets[0].fingerprint
+    sampled = run_uq(uq_llava_dir, [str(path)], config.model_copy(update={"sample_ratio": 0.5}), cache_dir=cache)
+    assert not sampled.cache_hit and sampled.datasets[0].n_sampled == 2
+    assert sampled.datasets[0].fingerprint != first.datasets[0].fingerprint, "the record names the items scored"
 
 
 def test_model_fingerprint_follows_content(uq_llava_dir: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,37 @@ def test_sampling_is_seeded_and_empty_sample_is_an_error(tmp_path: Path) -> None
     assert len(ids) > 1
     with pytest.raises(DataError, match="empty after sampling"):
         load_uq_datasets([str(path)], sample_ratio=0.05)
+
+
+def test_preparation_does_not_depend_on_the_order_of_the_files_items(tmp_path: Path) -> None:
+    rows = colour_items(tmp_path / "a", 12)
+    colour_items(tmp_path / "b", 12)
+    ordered = write_items(tmp_path / "a", rows)
+    reversed_file = write_items(tmp_path / "b", rows[::-1])
+    for ratio in (1.0, 0.5):
+        a = load_uq_datasets([str(ordered)], seed=3, sample_ratio=ratio)[0]
+        b = load_uq_datasets([str(reversed_file)], seed=3, sample_ratio=ratio)[0]
+        assert [it.id for it in a.items] == [it.id for it in b.items]
+        assert [(it.options, it.answer) for it in a.items] == [(it.options, it.answer) for it in b.items]
+        assert a.fingerprint() == b.fingerprint() and a.identity() == b.identity()
+    ids = [it.id for it in load_uq_datasets([str(reversed_file)])[0].items]
+    assert ids == [f"q{i}" for i in range(12)], "canonical order: natural order of the ids (q2 before q10)"
+
+
+def test_sampling_ranks_items_by_id_so_a_larger_ratio_keeps_a_superset(tmp_path: Path) -> None:
+    path = write_items(tmp_path, colour_items(tmp_path, 12))
+    kept = [{it.id for it in load_uq_datasets([str(path)], seed=1, sample_ratio=r)[0].items} for r in (0.25, 0.5, 0.75)]
+    assert [len(k) for k in kept] == [3, 6, 9]
+    assert kept[0] < kept[1] < kept[2]
+
+
+def test_fingerprint_ignores_item_order_and_follows_content(tmp_path: Path) -> None:
+    dataset = load_uq_datasets([str(write_items(tmp_path, colour_items(tmp_path, 4)))])[0]
+    shuffled = replace(dataset, items=dataset.items[::-1])
+    assert shuffled.fingerprint() == dataset.fingerprint()
+    edited = replace(dataset, items=(replace(dataset.items[0], question="Another question?"), *dataset.items[1:]))
+    assert edited.fingerprint() != dataset.fingerprint()
+    assert dataset.identity() == {"name": "items", "n_items": 4, "fingerprint": dataset.fingerprint()}
 
 
 def test_dataset_names_are_unique(tmp_path: Path) -> None:

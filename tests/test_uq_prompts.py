@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from uqmerge.core.errors import UQMergeError
+from uqmerge.core.prompts import SYSTEM_MESSAGES, build_messages, format_user_text, render_prompt
 from uqmerge.tiny import build_word_tokenizer
-from uqmerge.uq.perturb import SYSTEM_MESSAGES, draw_system_message
-from uqmerge.uq.prompts import build_messages, format_user_text, render_prompt, resolve_option_token_ids
+from uqmerge.uq.perturb import draw_system_message
+from uqmerge.uq.prompts import resolve_option_token_ids
 
 OPTIONS = ["red", "blue", "green", "yellow", "I don't know", "None of the above"]
 

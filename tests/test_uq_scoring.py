@@ -13,7 +13,7 @@ from uqmerge.core.errors import DataError
 from uqmerge.uq.api import uncertainty_of_loaded_model
 from uqmerge.uq.config import UQConfig, UQMode
 from uqmerge.uq.data import load_uq_datasets
-from uqmerge.uq.perturb import inference_mode, language_model_attention_modules
+from uqmerge.uq.perturb import MC_DROPOUT_ATTENTION, inference_mode, language_model_attention_modules
 
 MODELS = ["uq_llava", "uq_qwen2vl"]
 
@@ -89,19 +89,22 @@ def test_batched_scores_equal_batch_one_scores(fixture: str, uq_jsonl: Path, req
     batched = _run(loaded, uq_jsonl, mode="input", batch_size=7)
     single = _run(loaded, uq_jsonl, mode="input", batch_size=1)
     for a, b in zip(batched.datasets[0].items, single.datasets[0].items, strict=True):
-        torch.testing.assert_close(torch.tensor(a.probs), torch.tensor(b.probs), atol=1e-5, rtol=0)
-    assert batched.score == pytest.approx(single.score, abs=1e-5)
+        assert a.probs == b.probs, "equal-length batches, per-image encoding and a one-row head: bit-identical"
+    assert batched.score == single.score
 
 
 def test_dropout_only_in_language_model_attention(uq_llava, uq_jsonl: Path) -> None:
     model, processor = uq_llava
-    captured: dict[str, list[torch.Tensor]] = {"vision": [], "projector": []}
+    captured: dict[str, list[torch.Tensor]] = {"vision": [], "projector": [], "lm_rows": []}
     hooks = [
         model.model.vision_tower.register_forward_hook(
             lambda _m, _i, out: captured["vision"].append(out.hidden_states[-2].clone())
         ),
         model.model.multi_modal_projector.register_forward_hook(
             lambda _m, _i, out: captured["projector"].append(out.clone())
+        ),
+        model.model.language_model.register_forward_pre_hook(
+            lambda _m, _a, kwargs: captured["lm_rows"].append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True
         ),
     ]
     datasets = load_uq_datasets([str(uq_jsonl)])
@@ -114,13 +117,10 @@ def test_dropout_only_in_language_model_attention(uq_llava, uq_jsonl: Path) -> N
     finally:
         for h in hooks:
             h.remove()
-    vision, projector = captured["vision"][0], captured["projector"][0]
-    assert vision.shape[0] == 4  # one batch: the item's four passes
-    for j in range(1, 4):
-        assert torch.equal(vision[j], vision[0])
-        assert torch.equal(projector[j], projector[0])
-    assert torch.equal(captured["vision"][1][0], vision[0]), "vision output as in an unperturbed pass"
-    assert torch.equal(captured["projector"][1][0], projector[0])
+    assert captured["lm_rows"] == [4, 1], "one forward pass of the item's four passes, then the reference"
+    assert len(captured["vision"]) == 2, "the unperturbed image is encoded once for its four passes"
+    assert torch.equal(captured["vision"][0], captured["vision"][1]), "vision output as in an unperturbed pass"
+    assert torch.equal(captured["projector"][0], captured["projector"][1])
     probs = result.datasets[0].items[0].probs
     assert len({tuple(row) for row in probs}) == 4, "the language model output differs per pass"
     assert reference.datasets[0].items[0].probs[0] not in probs
@@ -132,13 +132,18 @@ def test_dropout_context_scope_and_restore(fixture: str, request: pytest.Fixture
     attn = language_model_attention_modules(model)
     names = {id(m): n for n, m in model.named_modules()}
     assert attn and all("language_model" in names[id(m)] for m in attn)
+    text_config, vision_config = attn[0].config, model.config.vision_config
+    before = (text_config._attn_implementation, vision_config._attn_implementation)
     model.train()
     with inference_mode(model, attention_dropout=0.1):
         trained = {n for n, m in model.named_modules() if m.training}
         assert all(m.attention_dropout == 0.1 and m.training for m in attn)
         assert trained and all(".self_attn" in n and "language_model" in n for n in trained)
+        assert text_config._attn_implementation == MC_DROPOUT_ATTENTION
+        assert vision_config._attn_implementation == before[1], "the vision tower keeps its attention"
     assert all(m.training for m in model.modules()), "flags restored"
     assert all(m.attention_dropout == 0.0 for m in attn)
+    assert (text_config._attn_implementation, vision_config._attn_implementation) == before
     model.eval()
 
 

@@ -13,8 +13,9 @@ from safetensors import safe_open
 from zoo_fixtures import MICRO_PRESET
 
 from uqmerge.core.errors import ConfigError, OutputError
+from uqmerge.core.prompts import format_user_text
 from uqmerge.evaluate.open_ended import evaluate_open_ended, load_open_items, normalise_answer
-from uqmerge.uq.prompts import format_user_text, resolve_option_token_ids
+from uqmerge.uq.prompts import resolve_option_token_ids
 from uqmerge.zoo.build import build_zoo, families_to_train, read_manifest
 from uqmerge.zoo.model import END_TOKEN, init_base_model, load_zoo_model, mc_prompt, normalise_pixels, pixel_tensor
 from uqmerge.zoo.presets import PRESETS
@@ -221,7 +222,7 @@ def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from uqmerge.zoo.build import zoo_build_command
+    from uqmerge.cli.zoo import zoo_build_command
 
     app = typer.Typer()
     app.command()(zoo_build_command)

@@ -75,7 +75,8 @@ def uq_qwen2vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def uq_llava(uq_llava_dir: Path):
     """(model, processor) of the tiny LLaVA, loaded once."""
     if "llava-loaded" not in _BUILT:
-        from uqmerge.uq.api import load_model, resolve_device
+        from uqmerge.core.devices import resolve_device
+        from uqmerge.uq.api import load_model
 
         _BUILT["llava-loaded"] = load_model(uq_llava_dir, device=resolve_device("cpu"), dtype=_float32())
     return _BUILT["llava-loaded"]
@@ -85,7 +86,8 @@ def uq_llava(uq_llava_dir: Path):
 def uq_qwen2vl(uq_qwen2vl_dir: Path):
     """(model, processor) of the tiny Qwen2-VL, loaded once."""
     if "qwen2vl-loaded" not in _BUILT:
-        from uqmerge.uq.api import load_model, resolve_device
+        from uqmerge.core.devices import resolve_device
+        from uqmerge.uq.api import load_model
 
         _BUILT["qwen2vl-loaded"] = load_model(uq_qwen2vl_dir, device=resolve_device("cpu"), dtype=_float32())
     return _BUILT["qwen2vl-loaded"]

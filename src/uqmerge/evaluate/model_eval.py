@@ -1,4 +1,4 @@
-"""`uqmerge eval`: multiple-choice accuracy and open-ended exact match per dataset (family), as JSON."""
+"""Multiple-choice accuracy and open-ended exact match of a model per dataset (family); `uqmerge eval` runs it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 from uqmerge.core.errors import DataError
 
@@ -86,30 +84,11 @@ def evaluate_model_dir(
     model_dir: str | Path, specs: Sequence[str], *, device: str = "cpu", batch_size: int = 16
 ) -> dict:
     """Load ``model_dir`` and evaluate it on ``specs``."""
-    from uqmerge.uq.api import load_model, resolve_device, resolve_dtype
+    from uqmerge.core.devices import resolve_device, resolve_dtype
+    from uqmerge.uq.api import load_model, saved_dtype
 
     dev = resolve_device(device)
-    model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype("auto", dev, Path(model_dir)))
+    model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype("auto", dev, saved_dtype(Path(model_dir))))
     mc, items = load_eval_data(specs)
     return {"model": str(model_dir), **evaluate_loaded_model(model, processor, mc, items, batch_size=batch_size)}
 
-
-def eval_command(
-    model_dir: Annotated[Path, typer.Argument(help="Hugging Face model directory (model + processor).")],
-    data: Annotated[
-        list[str],
-        typer.Option("--data", "-d", help="MC data (any `uqmerge uq` spec) or an open-ended JSONL (no options)."),
-    ],
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 16,
-    out: Annotated[Path | None, typer.Option(help="Write the JSON here (default: stdout).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only.")] = False,
-) -> None:
-    """MC accuracy and open-ended exact match of MODEL_DIR per dataset (family), as JSON."""
-    result = evaluate_model_dir(model_dir, data, device=device, batch_size=batch_size)
-    text = json.dumps(result, indent=2)
-    if out is None:
-        typer.echo(text)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")

@@ -21,9 +21,8 @@ import torch
 from PIL import Image
 
 from uqmerge.core.errors import DataError
-from uqmerge.uq.data import jsonl_rows
-from uqmerge.uq.prompts import build_messages, render_prompt, tokenizer_of
-from uqmerge.uq.scoring import left_padding
+from uqmerge.core.jsonl import jsonl_rows
+from uqmerge.core.prompts import build_messages, left_padding, render_prompt, tokenizer_of
 
 logger = logging.getLogger(__name__)
 

@@ -133,12 +133,12 @@ class UQMergeRun:
     @property
     def merger(self) -> IncrementalMerger:
         if self._merger is None:
-            from uqmerge.core.devices import resolve_device
-            from uqmerge.uq.api import load_model, resolve_dtype
+            from uqmerge.core.devices import resolve_device, resolve_dtype
+            from uqmerge.uq.api import load_model, saved_dtype
 
             # One device and dtype for the run: the resident merged model is scored exactly as candidates are.
             device = resolve_device(self.config.device)
-            dtype = resolve_dtype(self.config.dtype, device, Path(self.config.base_model))
+            dtype = resolve_dtype(self.config.dtype, device, saved_dtype(Path(self.config.base_model)))
             model, self.processor = load_model(self.config.base_model, device=device, dtype=dtype)
             self._merger = IncrementalMerger(
                 model,

@@ -1,16 +1,22 @@
 """UQ entry points: score a loaded model on prepared datasets, or a model directory with caching.
 
-Per item and pass ``j`` (seeds derived from the UQ seed, dataset name, item id and ``j``, so an
-item's perturbations do not depend on sampling, order or batching): the image goes through AugMix
-(modes vl/input/image), a system message is drawn (vl/input/text), and the pass runs with MC dropout
-in the LM attention (vl/model; masks drawn per forward batch from a seed derived from the batch index,
-which makes these modes depend on ``batch_size``). Mode ``none`` and ``cp`` run one unperturbed pass.
+Per item and pass ``j`` every draw is keyed by (UQ seed, dataset name, item id, ``j``): the image goes
+through AugMix (modes vl/input/image), a system message is drawn (vl/input/text), and the pass runs with
+MC dropout in the LM attention (vl/model), its masks drawn per batch row and layer
+(:mod:`.perturb`). Mode ``none`` and ``cp`` run one unperturbed pass. Passes are grouped for the forward
+passes by token length: sorted by (length, item, pass) and cut into groups of at most ``batch_size``
+passes of one length, so no row is padded (:func:`forward_groups`). With the images encoded one at a
+time and the output head run row by row (:mod:`.scoring`), a pass's probabilities, and so every score,
+are bit-identical on the CPU whatever the batch size and whatever the order of the data's items (they are
+scored and reported in canonical order, :func:`~uqmerge.uq.data.canonical_order`).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +27,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from uqmerge.core.devices import dtype_name, resolve_device, resolve_dtype
 from uqmerge.core.errors import DataError, UQMergeError
+from uqmerge.core.prompts import LETTERS, build_messages, format_user_text, render_prompt
+from uqmerge.core.seeds import stable_seed
 from uqmerge.uq import measures
 from uqmerge.uq.cache import UQCache, cache_key, fingerprint_model_dir
 from uqmerge.uq.config import UQConfig, UQMode
 from uqmerge.uq.conformal import conformal_prediction
-from uqmerge.uq.data import DataSpec, UnreadableImageError, UQDataset, UQItem, load_uq_datasets
+from uqmerge.uq.data import DataSpec, UnreadableImageError, UQDataset, UQItem, canonical_order, load_uq_datasets
 from uqmerge.uq.perturb import augmix_image, draw_system_message, inference_mode
-from uqmerge.uq.prompts import LETTERS, build_messages, format_user_text, render_prompt, resolve_option_token_ids
+from uqmerge.uq.prompts import resolve_option_token_ids
 from uqmerge.uq.results import (
     ConformalReport,
     DatasetResult,
@@ -36,39 +45,65 @@ from uqmerge.uq.results import (
     SkippedItem,
     UQResult,
 )
-from uqmerge.uq.scoring import ForwardRequest, letter_probabilities, model_device_dtype
-from uqmerge.uq.seeding import derive_seed
+from uqmerge.uq.scoring import ForwardRequest, letter_probabilities, model_device_dtype, prompt_lengths
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Pass:
-    """One (item, pass) forward request and the index of its item."""
+class PassPlan:
+    """One (item, pass ``j``) forward pass before its image is drawn: its prompt and the prompt's token length."""
 
     item_index: int
-    request: ForwardRequest
+    j: int
+    system: str | None
+    prompt: str
+    length: int
 
 
-def item_requests(
-    item: UQItem, image: Image.Image, dataset: str, config: UQConfig, processor: Any, letter_ids: tuple[int, ...]
-) -> Iterator[tuple[str | None, ForwardRequest]]:
-    """The item's ``config.passes`` forward requests, each with the system message it uses (or None)."""
-    user_text = format_user_text(item.question, item.options, item.hint)
-    prompts: dict[str | None, str] = {}
+def pass_system_messages(item: UQItem, dataset: str, config: UQConfig) -> list[str | None]:
+    """The system message of each of the item's ``config.passes`` passes (None: the template's default)."""
+    if not config.mode.perturbs_text:
+        return [None] * config.passes
+    return [draw_system_message(stable_seed(config.seed, "text", dataset, item.id, j)) for j in range(config.passes)]
+
+
+def pass_request(
+    item: UQItem, image: Image.Image, j: int, prompt: str, dataset: str, config: UQConfig, letter_ids: tuple[int, ...]
+) -> ForwardRequest:
+    """Pass ``j`` of ``item``: its (AugMix-perturbed) image, its prompt and the seed parts of its dropout masks."""
     mode = config.mode
-    for j in range(config.passes):
-        system = (
-            draw_system_message(derive_seed(config.seed, "text", dataset, item.id, j)) if mode.perturbs_text else None
-        )
-        if system not in prompts:
-            prompts[system] = render_prompt(processor, build_messages(user_text, system))
-        pass_image = (
-            augmix_image(image, derive_seed(config.seed, "image", dataset, item.id, j))
-            if mode.perturbs_image
-            else image
-        )
-        yield system, ForwardRequest(prompts[system], pass_image, letter_ids[: len(item.options)])
+    if mode.perturbs_image:
+        image = augmix_image(image, stable_seed(config.seed, "image", dataset, item.id, j))
+    key = (config.seed, "dropout", dataset, item.id, j) if mode.perturbs_model else None
+    return ForwardRequest(prompt, image, letter_ids[: len(item.options)], key)
+
+
+def item_prompts(item: UQItem, systems: Sequence[str | None], processor: Any) -> dict[str | None, str]:
+    """The rendered prompt of each distinct system message in ``systems``."""
+    user_text = format_user_text(item.question, item.options, item.hint)
+    return {system: render_prompt(processor, build_messages(user_text, system)) for system in dict.fromkeys(systems)}
+
+
+def plan_item(
+    index: int, item: UQItem, image: Image.Image, dataset: str, config: UQConfig, processor: Any
+) -> list[PassPlan]:
+    """The item's passes with their prompts' token lengths (AugMix keeps the image size, so the length too)."""
+    systems = pass_system_messages(item, dataset, config)
+    prompts = item_prompts(item, systems, processor)
+    lengths = dict(zip(prompts, prompt_lengths(processor, list(prompts.values()), image), strict=True))
+    return [PassPlan(index, j, system, prompts[system], lengths[system]) for j, system in enumerate(systems)]
+
+
+def forward_groups(plans: Sequence[PassPlan], batch_size: int) -> list[list[PassPlan]]:
+    """``plans`` sorted by (token length, item, pass) and cut into groups of at most ``batch_size`` passes of
+    one token length: no row of a forward pass is padded."""
+    ordered = sorted(plans, key=lambda p: (p.length, p.item_index, p.j))
+    groups: list[list[PassPlan]] = []
+    for _, same_length in itertools.groupby(ordered, key=lambda p: p.length):
+        run = list(same_length)
+        groups.extend(run[start : start + batch_size] for start in range(0, len(run), batch_size))
+    return groups
 
 
 def _progress(enabled: bool) -> Progress:
@@ -76,12 +111,43 @@ def _progress(enabled: bool) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("items"),
+        TextColumn("passes"),
         TimeRemainingColumn(),
         console=Console(stderr=True),
         disable=not enabled,
         transient=True,
     )
+
+
+def group_requests(
+    group: Sequence[PassPlan], items: Sequence[UQItem], dataset: str, config: UQConfig, letter_ids: tuple[int, ...]
+) -> list[ForwardRequest]:
+    """The forward requests of one group of passes (each item's image decoded once per group)."""
+    images: dict[int, Image.Image] = {}
+    requests = []
+    for plan in group:
+        item = items[plan.item_index]
+        if plan.item_index not in images:
+            images[plan.item_index] = item.image.load()
+        requests.append(pass_request(item, images[plan.item_index], plan.j, plan.prompt, dataset, config, letter_ids))
+    return requests
+
+
+def plan_dataset(
+    dataset: UQDataset, items: Sequence[UQItem], config: UQConfig, processor: Any
+) -> tuple[list[PassPlan], list[SkippedItem]]:
+    """Every pass of ``items`` (the dataset's, in canonical order), and the items whose image cannot be read."""
+    plans: list[PassPlan] = []
+    skipped: list[SkippedItem] = []
+    for index, item in enumerate(items):
+        try:
+            image = item.image.load()
+        except UnreadableImageError as e:
+            skipped.append(SkippedItem(id=item.id, reason=str(e)))
+            logger.warning("%s: skipping item %r: %s", dataset.name, item.id, e)
+            continue
+        plans.extend(plan_item(index, item, image, dataset.name, config, processor))
+    return plans, skipped
 
 
 def _score_dataset(
@@ -92,52 +158,31 @@ def _score_dataset(
     letter_ids: tuple[int, ...],
     progress: Progress,
 ) -> DatasetResult:
-    mode = config.mode
-    task = progress.add_task(f"UQ {dataset.name}", total=len(dataset.items))
-    skipped: list[SkippedItem] = []
-    probs: dict[int, list[Tensor]] = {}
-    systems: dict[int, list[str | None]] = {}
-    pending: list[_Pass] = []
-    batch_index = 0
-
-    def flush() -> None:
-        nonlocal batch_index
-        if not pending:
-            return
-        seed = derive_seed(config.seed, "dropout", dataset.name, batch_index) if mode.perturbs_model else None
-        out = letter_probabilities(model, processor, [p.request for p in pending], dropout_seed=seed)
-        for p, row in zip(pending, out, strict=True):
-            probs[p.item_index].append(row)
-        progress.advance(task, len(pending) / config.passes)
-        pending.clear()
-        batch_index += 1
-
-    for index, item in enumerate(dataset.items):
-        try:
-            image = item.image.load()
-        except UnreadableImageError as e:
-            skipped.append(SkippedItem(id=item.id, reason=str(e)))
-            logger.warning("%s: skipping item %r: %s", dataset.name, item.id, e)
-            progress.advance(task, 1)
-            continue
-        probs[index], systems[index] = [], []
-        for system, request in item_requests(item, image, dataset.name, config, processor, letter_ids):
-            systems[index].append(system)
-            pending.append(_Pass(index, request))
-            if len(pending) == config.batch_size:
-                flush()
-    flush()
-    progress.remove_task(task)
-    if not probs:
+    items = canonical_order(dataset.items)
+    plans, skipped = plan_dataset(dataset, items, config, processor)
+    if not plans:
         raise DataError(
             f"dataset {dataset.name!r} ({dataset.spec}): every item was skipped "
             f"(first reason: {skipped[0].reason if skipped else 'none'})"
         )
-    return _dataset_result(dataset, config, probs, systems, skipped)
+    task = progress.add_task(f"UQ {dataset.name}", total=len(plans))
+    probs: dict[int, dict[int, Tensor]] = {p.item_index: {} for p in plans}
+    for group in forward_groups(plans, config.batch_size):
+        requests = group_requests(group, items, dataset.name, config, letter_ids)
+        for plan, row in zip(group, letter_probabilities(model, processor, requests), strict=True):
+            probs[plan.item_index][plan.j] = row
+        progress.advance(task, len(group))
+    progress.remove_task(task)
+    systems: dict[int, list[str | None]] = {p.item_index: [] for p in plans}
+    for plan in plans:
+        systems[plan.item_index].append(plan.system)
+    rows = {index: [by_pass[j] for j in sorted(by_pass)] for index, by_pass in sorted(probs.items())}
+    return _dataset_result(dataset, items, config, rows, systems, skipped)
 
 
 def _dataset_result(
     dataset: UQDataset,
+    items_in_order: Sequence[UQItem],
     config: UQConfig,
     probs: dict[int, list[Tensor]],
     systems: dict[int, list[str | None]],
@@ -148,7 +193,7 @@ def _dataset_result(
     answers: list[int | None] = []
     item_probs: list[Tensor] = []
     for index, rows in probs.items():
-        item = dataset.items[index]
+        item = items_in_order[index]
         stacked = torch.stack(rows)
         total, expected, mi = measures.item_measures(stacked)
         prediction = int(torch.argmax(stacked.mean(dim=0)))
@@ -238,7 +283,7 @@ def _dataset_result(
 
 
 def _as_datasets(data: UQDataset | Sequence[UQDataset] | Sequence[UQItem]) -> list[UQDataset]:
-    """Datasets as given, or prepared items wrapped into one dataset named ``items``."""
+    """Datasets as given, or prepared items wrapped into one dataset named ``items`` (in canonical order)."""
     if isinstance(data, UQDataset):
         return [data]
     data = list(data)
@@ -247,7 +292,7 @@ def _as_datasets(data: UQDataset | Sequence[UQDataset] | Sequence[UQItem]) -> li
             UQDataset(
                 name="items",
                 spec="<in-memory items>",
-                items=tuple(data),
+                items=tuple(canonical_order(data)),
                 n_source=len(data),
                 n_loaded=len(data),
                 excluded={},
@@ -302,41 +347,19 @@ def uncertainty_of_loaded_model(
         accuracy=measures.mean(accuracies) if accuracies else None,
         config=config,
         device=device.type,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=dtype_name(dtype),
         datasets=results,
     )
 
 
-def resolve_device(device: str) -> torch.device:
-    """``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when available)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def saved_dtype(model_dir: Path) -> str | None:
+    """The dtype ``config.json`` of ``model_dir`` records (``dtype``, or the older ``torch_dtype``), if any."""
     try:
-        resolved = torch.device(device)
-    except RuntimeError as e:
-        raise UQMergeError(f"unknown device {device!r}; use cpu, cuda or auto") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UQMergeError("device cuda requested but CUDA is not available; use --device cpu or auto")
-    if resolved.type not in ("cpu", "cuda"):
-        raise UQMergeError(f"unsupported device {device!r}; use cpu, cuda or auto")
-    return resolved
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str, device: torch.device, model_dir: Path) -> torch.dtype:
-    """``auto``: float32 on CPU, the checkpoint's dtype on CUDA; else float32/bfloat16/float16."""
-    if dtype != "auto":
-        if dtype not in _DTYPES:
-            raise UQMergeError(f"unknown dtype {dtype!r}; use auto, {', '.join(_DTYPES)}")
-        return _DTYPES[dtype]
-    if device.type == "cpu":
-        return torch.float32
-    from transformers import AutoConfig
-
-    saved = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None)
-    return saved if isinstance(saved, torch.dtype) else _DTYPES.get(str(saved), torch.float32)
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    saved = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    return saved if isinstance(saved, str) else None
 
 
 def load_model(model_dir: str | Path, *, device: torch.device, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -359,7 +382,7 @@ def _environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
 
     return {
         "device": device.type,
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "transformers": transformers.__version__,
@@ -380,15 +403,18 @@ def run_uq(
 ) -> UQResult:
     """UQ of the model in ``model_dir`` on ``data_specs`` (``--data`` strings or prepared datasets).
 
-    The result is cached under a key of the model fingerprint, the data fingerprints, ``config``
-    (without ``save_probs``), device type, dtype and library versions; a rerun is a cache hit (logged,
-    ``result.cache_hit``) and returns identical JSON. Without ``config.save_probs`` the per-item
-    records are dropped from the returned result (the cache keeps them).
+    ``device`` and ``dtype`` follow :func:`uqmerge.core.devices.resolve_device` and ``resolve_dtype`` (``auto``
+    on CUDA: the dtype ``config.json`` records). The result is cached under a key of the model fingerprint,
+    each prepared dataset's name, item count and content digest (:meth:`UQDataset.identity`), ``config``
+    (without ``batch_size`` and ``save_probs``, which do not change the numbers), device type, dtype and
+    library versions; a rerun is a cache hit (logged, ``result.cache_hit``) and returns identical JSON.
+    Without ``config.save_probs`` the per-item records are dropped from the returned result (the cache
+    keeps them).
     """
     config = config or UQConfig()
     model_dir = Path(model_dir)
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device, model_dir)
+    resolved_dtype = resolve_dtype(dtype, resolved_device, saved_dtype(model_dir))
     if data_specs and all(isinstance(d, UQDataset) for d in data_specs):
         datasets = list(data_specs)
     else:
@@ -399,14 +425,15 @@ def run_uq(
     fingerprint = fingerprint_model_dir(model_dir, cache_dir=cache.root if use_cache else None)
     key = cache_key(
         model_fingerprint=fingerprint,
-        data_fingerprints=[d.fingerprint() for d in datasets],
+        datasets=[d.identity() for d in datasets],
         config=config.numbers_key(),
         environment=_environment(resolved_device, resolved_dtype),
     )
     result = cache.load(key) if use_cache else None
     if result is not None:
         logger.info("UQ cache hit for %s (%s)", model_dir, cache.path_for(key))
-        result = result.model_copy(update={"model": str(model_dir), "config": config})
+        specs = [d.model_copy(update={"spec": ds.spec}) for d, ds in zip(result.datasets, datasets, strict=True)]
+        result = result.model_copy(update={"model": str(model_dir), "config": config, "datasets": specs})
         result._cache_hit = True
     else:
         if use_cache:

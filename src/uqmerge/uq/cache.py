@@ -1,4 +1,9 @@
-"""On-disk UQ cache keyed by a model-directory fingerprint, the data fingerprints and the UQ config.
+"""On-disk UQ cache keyed by a model-directory fingerprint, the scored data and the UQ config.
+
+The key covers everything that determines the numbers: the model fingerprint, each prepared dataset's
+name (every draw is keyed by it), item count and content digest (ids, texts, options after sampling and
+padding, answers, image bytes; :meth:`~uqmerge.uq.data.UQDataset.identity`), the UQ config except
+``batch_size`` and ``save_probs`` (neither changes the numbers), device type, dtype and library versions.
 
 The model fingerprint hashes every top-level file of the checkpoint directory (weights, index,
 config, tokenizer, processor, chat template; ``README.md`` and dot-files excluded) with SHA-256 of the
@@ -16,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from uqmerge.core.errors import UQMergeError
+from uqmerge.core.files import atomic_write_text
 from uqmerge.uq.results import UQResult
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "UQMERGE_CACHE"
+KEY_SCHEME = 2
+"""Version of what the key covers and of how the numbers are drawn (2: per-row MC-dropout masks)."""
 _CHUNK = 8 << 20
 _MEMO_MIN_BYTES = 1 << 20
 _SKIPPED_FILES = frozenset({"README.md"})
@@ -47,18 +54,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _HashMemo:
@@ -86,7 +81,7 @@ class _HashMemo:
 
     def save(self) -> None:
         if self.dirty and self.path is not None:
-            _atomic_write_text(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
+            atomic_write_text(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
             self.dirty = False
 
 
@@ -114,14 +109,16 @@ def fingerprint_model_dir(model_dir: str | Path, *, cache_dir: Path | None = Non
 def cache_key(
     *,
     model_fingerprint: str,
-    data_fingerprints: Sequence[str],
+    datasets: Sequence[Mapping[str, Any]],
     config: Mapping[str, Any],
     environment: Mapping[str, str],
 ) -> str:
-    """SHA-256 of the canonical JSON of everything that determines the numbers."""
+    """SHA-256 of the canonical JSON of everything that determines the numbers (``datasets``: each dataset's
+    :meth:`~uqmerge.uq.data.UQDataset.identity`, in scoring order)."""
     payload = {
+        "scheme": KEY_SCHEME,
         "model": model_fingerprint,
-        "data": list(data_fingerprints),
+        "data": [dict(d) for d in datasets],
         "config": dict(config),
         "environment": dict(environment),
     }
@@ -153,5 +150,5 @@ class UQCache:
     def store(self, key: str, result: UQResult) -> Path:
         """Write ``result`` atomically; return its path."""
         path = self.path_for(key)
-        _atomic_write_text(path, result.to_json())
+        atomic_write_text(path, result.to_json())
         return path

@@ -37,11 +37,12 @@ class UQMode(StrEnum):
 
 
 class UQConfig(BaseModel):
-    """Everything that determines the UQ numbers (and therefore the cache key), except model and data.
+    """The UQ options; all but ``batch_size`` and ``save_probs`` determine the numbers (and the cache key).
 
-    ``batch_size`` is part of the key because MC-dropout masks are drawn per forward batch: modes with
-    model perturbation give batch-size-dependent (equally valid) samples. ``save_probs`` only controls
-    what the returned result contains; cached results always keep the probabilities.
+    ``batch_size`` only sets how many passes share a forward pass: every draw is keyed by item and pass and
+    passes are grouped by token length, so scores are bit-identical on the CPU at any batch size.
+    ``save_probs`` only controls what the returned result contains; cached results always keep the
+    probabilities.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,7 +51,7 @@ class UQConfig(BaseModel):
     perturbations: int = Field(4, ge=1, le=64, description="J, perturbed passes per item")
     seed: int = Field(0, ge=0, description="seed of sampling, padding, perturbations and the CP split")
     sample_ratio: float = Field(1.0, gt=0.0, le=1.0, description="fraction of each dataset used (seeded)")
-    batch_size: int = Field(8, ge=1, description="prompts per forward pass")
+    batch_size: int = Field(8, ge=1, description="passes per forward pass (equal token lengths; no effect on scores)")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="attention-probability dropout of the LM")
     real_options: int = Field(4, ge=2, le=24, description="pad each item to this many real options")
     alpha: float = Field(0.1, gt=0.0, lt=1.0, description="conformal error rate (mode cp)")
@@ -63,5 +64,5 @@ class UQConfig(BaseModel):
         return self.perturbations if self.mode.is_perturbed else 1
 
     def numbers_key(self) -> dict[str, Any]:
-        """The fields that change the numbers (everything except ``save_probs``)."""
-        return self.model_dump(mode="json", exclude={"save_probs"})
+        """The fields that change the numbers (everything except ``batch_size`` and ``save_probs``)."""
+        return self.model_dump(mode="json", exclude={"batch_size", "save_probs"})

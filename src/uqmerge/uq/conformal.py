@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from uqmerge.uq.seeding import derive_seed
+from uqmerge.core.seeds import stable_seed
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def split_calibration(n: int, ratio: float, *, seed: int, dataset: str) -> tuple
         raise ValueError(f"conformal prediction needs at least 2 labelled items, got {n}")
     n_cal = min(n - 1, max(1, round(ratio * n)))
     order = list(range(n))
-    random.Random(derive_seed(seed, "cp-split", dataset)).shuffle(order)
+    random.Random(stable_seed(seed, "cp-split", dataset)).shuffle(order)
     return sorted(order[:n_cal]), sorted(order[n_cal:])
 
 

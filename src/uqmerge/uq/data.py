@@ -25,11 +25,13 @@ to the adapter's evaluation split for hub ids and to the only split of a local f
 ``oodcv:/data/ood/oodcv-vqa/oodcv-vqa.json``. Everything is read with ``datasets``; nothing is
 downloaded unless SOURCE is a hub id and the machine is online.
 
-Preparation (per dataset, all draws seeded by :func:`~uqmerge.uq.seeding.derive_seed` from the UQ seed,
-the dataset name and the item id): ``sample_ratio`` keeps ``round(ratio * n)`` items (an empty result
-is an error); items with fewer than ``real_options`` options get distractors drawn from other items'
-options, inserted at random positions (the real options keep their order); finally ``I don't know``
-and ``None of the above`` are appended.
+Preparation (per dataset) does not depend on the order of the source's rows: items are put in
+canonical order (:func:`canonical_order`: natural order of their ids), and every draw is seeded by
+:func:`~uqmerge.core.seeds.stable_seed` of the UQ seed, the dataset name and the item id.
+``sample_ratio`` keeps the ``round(ratio * n)`` items with the lowest ``stable_unit(seed, "sample",
+dataset, id)`` (so a larger ratio keeps a superset; an empty result is an error); items with fewer than
+``real_options`` options get distractors drawn from the other items' options, inserted at random positions
+(the real options keep their order); finally ``I don't know`` and ``None of the above`` are appended.
 """
 
 from __future__ import annotations
@@ -44,16 +46,18 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from uqmerge.core.errors import DataError
-from uqmerge.uq.prompts import IDK_OPTION, LETTERS, NOTA_OPTION
-from uqmerge.uq.seeding import derive_seed
+from uqmerge.core.jsonl import jsonl_rows
+from uqmerge.core.prompts import LETTERS
+from uqmerge.core.seeds import stable_seed, stable_unit
+from uqmerge.uq.prompts import IDK_OPTION, NOTA_OPTION
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,7 @@ COUNT_WORDS: tuple[str, ...] = ("Zero", "One", "Two", "Three", "Four", "Five", "
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+_DIGITS = re.compile(r"(\d+)")
 
 
 class UnreadableImageError(DataError):
@@ -169,7 +174,7 @@ class MCDataset:
 
 @dataclass(frozen=True)
 class UQDataset:
-    """A sampled, padded dataset ready for scoring."""
+    """A sampled, padded dataset ready for scoring, its items in canonical order (:func:`canonical_order`)."""
 
     name: str
     spec: str
@@ -180,13 +185,38 @@ class UQDataset:
     n_underpadded: int
 
     def fingerprint(self) -> str:
-        """SHA-256 over the prepared items (texts, options, answers and image bytes)."""
+        """SHA-256 over the prepared items in canonical order: id, question, hint, options after padding,
+        answer and image bytes (what is scored, whatever the order of the source's rows)."""
         h = hashlib.sha256()
-        for it in self.items:
+        for it in canonical_order(self.items):
             record = [it.id, it.question, it.hint, list(it.options), it.answer, it.image.digest()]
             h.update(json.dumps(record, ensure_ascii=False).encode("utf-8"))
             h.update(b"\n")
         return h.hexdigest()
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the scored data: the name (it keys every draw), the item count and :meth:`fingerprint`."""
+        return {"name": self.name, "n_items": len(self.items), "fingerprint": self.fingerprint()}
+
+
+def _natural(text: str) -> tuple[str | int, ...]:
+    """``q10`` → ``("q", 10, "")``: digit runs compare as numbers, so ``q2`` sorts before ``q10``."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_DIGITS.split(text)))
+
+
+def canonical_key(item: MCItem | UQItem) -> tuple[Any, ...]:
+    """Sort key of an item: its id in natural order, then its content (a tie-break for repeated ids)."""
+    answer = -1 if item.answer is None else item.answer
+    content = (item.question, item.hint or "", item.options, answer, item.category or "", item.image.describe())
+    return (_natural(item.id), item.id, *content)
+
+
+_Item = TypeVar("_Item", "MCItem", "UQItem")
+
+
+def canonical_order(items: Iterable[_Item]) -> list[_Item]:
+    """``items`` sorted by :func:`canonical_key`: the order UQ prepares, scores and reports them in."""
+    return sorted(items, key=canonical_key)
 
 
 @dataclass(frozen=True)
@@ -342,21 +372,6 @@ def _image_ref(value: Any, base_dir: Path | None, *, where: str) -> ImageRef:
 
 # ----------------------------------------------------------------------------------------------------
 # the native JSONL format
-
-
-def jsonl_rows(file: Path, what: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) of each non-blank line of a JSONL ``file``; DataErrors name ``what`` and the line."""
-    try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read {what} {file}: {e}") from e
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{file}:{lineno}: invalid JSON ({e.msg})") from e
 
 
 def load_jsonl(path: str | Path, *, name: str | None = None) -> MCDataset:
@@ -617,20 +632,22 @@ def load_adapter(spec: DataSpec, *, name: str | None = None) -> MCDataset:
 
 
 def sample_items(items: Sequence[MCItem], ratio: float, *, seed: int, dataset: str) -> list[MCItem]:
-    """Keep ``round(ratio * n)`` items chosen with a seed derived from ``(seed, dataset)``, in order."""
-    n = len(items)
+    """The ``round(ratio * n)`` items of lowest ``stable_unit(seed, "sample", dataset, item.id)``, in canonical order.
+
+    Each item's rank depends on its id alone, so the sample does not depend on the order of ``items``, and a
+    larger ``ratio`` keeps a superset of a smaller one's items.
+    """
+    ordered = canonical_order(items)
     if ratio >= 1.0:
-        return list(items)
-    k = round(ratio * n)
-    if k == 0:
-        return []
-    rng = random.Random(derive_seed(seed, "sample", dataset))
-    return [items[i] for i in sorted(rng.sample(range(n), k))]
+        return ordered
+    k = round(ratio * len(ordered))
+    ranked = sorted(range(len(ordered)), key=lambda i: (stable_unit(seed, "sample", dataset, ordered[i].id), i))
+    return [ordered[i] for i in sorted(ranked[:k])]
 
 
 def pad_item(item: MCItem, pool: Sequence[str], *, real_options: int, seed: int, dataset: str) -> UQItem:
     """Insert seeded distractors from ``pool`` up to ``real_options``, then append IDK and NOTA."""
-    rng = random.Random(derive_seed(seed, "pad", dataset, item.id))
+    rng = random.Random(stable_seed(seed, "pad", dataset, item.id))
     extras = (IDK_OPTION, NOTA_OPTION)
     # Items that already carry the two extra options (e.g. the zoo's) keep them once, at the end.
     slots: list[tuple[str, int | None]] = [(o, i) for i, o in enumerate(item.options) if o not in extras]
@@ -667,7 +684,11 @@ def option_pool(items: Iterable[MCItem]) -> list[str]:
 
 
 def prepare_dataset(dataset: MCDataset, *, seed: int, sample_ratio: float, real_options: int) -> UQDataset:
-    """Sample, pad and append the two extra options; raise :class:`DataError` if nothing is left."""
+    """Sample, pad and append the two extra options, in canonical order; :class:`DataError` if nothing is left.
+
+    The result does not depend on the order of ``dataset.items`` (the distractor pool is read in canonical
+    order too).
+    """
     if not dataset.items:
         reasons = f" (excluded: {dict(dataset.excluded)})" if dataset.excluded else ""
         raise DataError(f"dataset {dataset.name!r} ({dataset.spec}) has no usable items{reasons}")
@@ -677,7 +698,7 @@ def prepare_dataset(dataset: MCDataset, *, seed: int, sample_ratio: float, real_
             f"dataset {dataset.name!r} ({dataset.spec}) is empty after sampling: {len(dataset.items)} "
             f"items x sample_ratio {sample_ratio} rounds to 0; raise --sample-ratio"
         )
-    pool = option_pool(dataset.items)
+    pool = option_pool(canonical_order(dataset.items))
     prepared = [pad_item(it, pool, real_options=real_options, seed=seed, dataset=dataset.name) for it in sampled]
     under = sum(1 for it in prepared if it.n_real + it.n_distractors < real_options)
     if under:

@@ -1,59 +1,14 @@
-"""The UQ prompt: user text, chat messages rendered by the model's own template, option-letter tokens."""
+"""The UQ prompt's extras over :mod:`uqmerge.core.prompts`: the two appended options and option-letter tokens."""
 
 from __future__ import annotations
 
-import string
-from collections.abc import Sequence
 from typing import Any
 
 from uqmerge.core.errors import UQMergeError
+from uqmerge.core.prompts import LETTERS, build_messages, render_prompt, tokenizer_of
 
-LETTERS: tuple[str, ...] = tuple(string.ascii_uppercase)
-ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 IDK_OPTION = "I don't know"
 NOTA_OPTION = "None of the above"
-
-
-def format_user_text(question: str, options: Sequence[str], hint: str | None = None) -> str:
-    """``[hint\\n]question\\nA. …\\nB. …\\n…\\nAnswer with the option's letter from the given choices directly.``"""
-    lines = [hint] if hint else []
-    lines.append(question)
-    lines.extend(f"{letter}. {option}" for letter, option in zip(LETTERS, options, strict=False))
-    lines.append(ANSWER_INSTRUCTION)
-    return "\n".join(lines)
-
-
-def build_messages(user_text: str, system_message: str | None = None) -> list[dict[str, Any]]:
-    """Chat messages: an optional system message, then the user turn with the image before the text."""
-    messages: list[dict[str, Any]] = []
-    if system_message is not None:
-        messages.append({"role": "system", "content": [{"type": "text", "text": system_message}]})
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]})
-    return messages
-
-
-def _template_owner(processor: Any) -> Any:
-    if getattr(processor, "chat_template", None):
-        return processor
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer
-    raise UQMergeError(
-        f"{type(processor).__name__} has no chat template; UQ renders prompts with the model's own "
-        "template (save one with processor.chat_template = ... and save_pretrained)"
-    )
-
-
-def render_prompt(processor: Any, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
-    """The prompt string from the processor's (or its tokenizer's) chat template, untokenised."""
-    return _template_owner(processor).apply_chat_template(
-        list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
-    )
-
-
-def tokenizer_of(processor: Any) -> Any:
-    """The tokenizer of a processor (or the object itself when it is a tokenizer)."""
-    return getattr(processor, "tokenizer", processor)
 
 
 def _first_answer_token(processor: Any, letter: str) -> int | None:

@@ -57,11 +57,13 @@ class ConformalReport(_Record):
 
 
 class DatasetResult(_Record):
-    """Scores of one ``--data`` spec; ``uncertainty`` is the mean over scored items."""
+    """Scores of one ``--data`` spec; ``uncertainty`` is the mean over scored items, listed in canonical order."""
 
     name: str
     spec: str
     fingerprint: str
+    """SHA-256 of the prepared items scored (ids, texts, options after sampling and padding, answers, image
+    bytes; canonical order): with ``n_sampled``, what identifies the data, not just its path."""
     n_source: int
     """Rows in the source."""
     excluded: dict[str, int]

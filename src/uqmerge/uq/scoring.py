@@ -1,15 +1,24 @@
-"""One batched forward pass per group of prompts: left padding, explicit positions, letter softmax.
+"""One forward pass per group of prompts: explicit positions, per-row MC-dropout keys, letter softmax.
 
-Only the last position's logits are computed (``logits_to_keep=1``). With left padding that position
-is every row's last real token, so batched and one-by-one scoring agree; models with plain 1-D
-positions get ``position_ids = cumsum(attention_mask) − 1`` (otherwise a row's positions would start
-at its pad count), while models that build their own multimodal positions from the attention mask
-(Qwen2-VL's M-RoPE ``get_rope_index``) are left to do so.
+A CPU matrix product rounds a row differently depending on how many rows it is computed with when the
+rows are few (BLAS kernels and thread splits change with the row count). So the parts of the model
+with few rows per prompt run one prompt at a time: the images are encoded one at a time (the vision
+tower and projector, passed to the model as ``mm_encoder_outputs``; :func:`encode_images_one_at_a_time`)
+and the output head runs on one row at a time (:func:`row_wise_output_head`; only the last position's
+logits are computed, ``logits_to_keep=1``). The language model runs batched. The UQ loop batches prompts
+of equal token length only (no padding), so a row's probabilities are bit-identical on the CPU whatever it
+is batched with, as long as the language model's products have enough rows per prompt for the BLAS to
+split them the same way (prompts of tens of tokens at up to 16 threads on MKL, as tested). Prompts of
+unequal length are left-padded; models with plain 1-D positions then get
+``position_ids = cumsum(attention_mask) − 1`` (otherwise a row's positions would start at its pad count),
+while models that build their own multimodal positions from the attention mask (Qwen2-VL's M-RoPE
+``get_rope_index``) are left to do so; padded rows agree with unpadded ones up to rounding.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,16 +28,19 @@ from PIL import Image
 from torch import Tensor, nn
 
 from uqmerge.core.errors import UQMergeError
-from uqmerge.uq.prompts import tokenizer_of
+from uqmerge.core.prompts import left_padding, tokenizer_of
+from uqmerge.uq.perturb import DropoutRows, dropout_rows
 
 
 @dataclass(frozen=True)
 class ForwardRequest:
-    """One prompt to score: rendered chat text, its (possibly perturbed) image, the option-letter ids."""
+    """One prompt to score: rendered chat text, its (possibly perturbed) image, the option-letter ids, and the
+    seed parts of its MC-dropout masks (None when the pass has no model perturbation)."""
 
     prompt: str
     image: Image.Image
     letter_ids: tuple[int, ...]
+    dropout_key: tuple[object, ...] | None = None
 
 
 def builds_own_positions(model: nn.Module) -> bool:
@@ -43,33 +55,6 @@ def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
-@contextlib.contextmanager
-def left_padding(tokenizer: Any) -> Iterator[None]:
-    """Pad on the left inside the block (batched next-token scoring and generation need it); restore after."""
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = old
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Run with the global torch RNG (CPU and ``device``) forked and seeded; no-op for ``seed=None``."""
-    if seed is None:
-        yield
-        return
-    cuda = device.type == "cuda"
-    index = device.index if device.index is not None else (torch.cuda.current_device() if cuda else 0)
-    with torch.random.fork_rng(devices=[index] if cuda else []):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(index):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
 def encode_batch(processor: Any, requests: Sequence[ForwardRequest]) -> dict[str, Tensor]:
     """Processor outputs for ``requests`` with the tokenizer padding on the left."""
     with left_padding(tokenizer_of(processor)):
@@ -80,6 +65,13 @@ def encode_batch(processor: Any, requests: Sequence[ForwardRequest]) -> dict[str
             return_tensors="pt",
         )
     return dict(encoded)
+
+
+def prompt_lengths(processor: Any, prompts: Sequence[str], image: Image.Image) -> list[int]:
+    """Token length of each of ``prompts`` with ``image`` as the processor encodes it (image tokens expanded);
+    one processor call for all of them."""
+    batch = encode_batch(processor, [ForwardRequest(prompt, image, ()) for prompt in prompts])
+    return [int(n) for n in batch["attention_mask"].sum(-1).tolist()]
 
 
 def scoring_inputs(model: nn.Module, processor: Any, requests: Sequence[ForwardRequest]) -> dict[str, Tensor]:
@@ -101,23 +93,111 @@ def scoring_inputs(model: nn.Module, processor: Any, requests: Sequence[ForwardR
     }
 
 
-def letter_probabilities(
-    model: nn.Module,
-    processor: Any,
-    requests: Sequence[ForwardRequest],
-    *,
-    dropout_seed: int | None = None,
-) -> list[Tensor]:
-    """Softmax over each request's option-letter logits at the next-token position (float64, CPU).
+@contextlib.contextmanager
+def row_wise_output_head(model: nn.Module) -> Iterator[None]:
+    """Inside the block the model's output head (``get_output_embeddings()``) runs on one batch row at a time.
 
-    The model must already be in the wanted train/eval state (see :func:`.perturb.inference_mode`);
-    ``dropout_seed`` seeds the RNG that MC dropout draws from for this forward pass.
+    The rest of the model's forward (and any logit post-processing it does) is unchanged; the head's own
+    ``forward`` is restored on exit. A model without an output-embeddings module is left as it is.
     """
-    if not requests:
-        return []
-    device, _ = model_device_dtype(model)
-    inputs = scoring_inputs(model, processor, requests)
-    with seeded_rng(dropout_seed, device), torch.inference_mode():
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    own = "forward" in vars(head)
+    forward = head.forward
+
+    def one_row_at_a_time(hidden: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return torch.cat([forward(hidden[i : i + 1], *args, **kwargs) for i in range(hidden.shape[0])])
+
+    head.forward = one_row_at_a_time
+    try:
+        yield
+    finally:
+        if own:
+            head.forward = forward
+        else:
+            del head.forward
+
+
+_IMAGE_META: tuple[str, ...] = ("image_grid_thw", "image_sizes")
+"""Per-image processor outputs that travel with an image's pixels (Qwen2-VL's patch grid, LLaVA-NeXT's size)."""
+
+
+def takes_encoder_outputs(model: nn.Module) -> bool:
+    """True for models whose forward accepts precomputed image features (``mm_encoder_outputs``)."""
+    return callable(getattr(model, "get_image_features", None)) and (
+        "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+    )
+
+
+def _image_chunks(inputs: dict[str, Any]) -> list[dict[str, Tensor]]:
+    """``get_image_features`` arguments of each image: its pixels (a row, or its patches) and its metadata."""
+    pixels = inputs["pixel_values"]
+    if "image_grid_thw" in inputs:
+        parts = list(torch.split(pixels, inputs["image_grid_thw"].prod(-1).tolist()))
+    else:
+        parts = [pixels[i : i + 1] for i in range(pixels.shape[0])]
+    meta = [k for k in _IMAGE_META if isinstance(inputs.get(k), Tensor)]
+    return [{"pixel_values": part, **{k: inputs[k][i : i + 1] for k in meta}} for i, part in enumerate(parts)]
+
+
+def encode_images_one_at_a_time(
+    model: nn.Module, inputs: dict[str, Any], requests: Sequence[ForwardRequest]
+) -> dict[str, Any]:
+    """``inputs`` with ``pixel_values`` replaced by ``mm_encoder_outputs``: each image encoded on its own.
+
+    Requests that share one image object (passes without image perturbation) share its features. Models
+    that cannot take precomputed features, or inputs without one image per request, are left as they are.
+    """
+    if "pixel_values" not in inputs or not takes_encoder_outputs(model):
+        return inputs
+    chunks = _image_chunks(inputs)
+    if len(chunks) != len(requests):
+        return inputs
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    first: dict[int, int] = {}
+    features: list[Tensor] = []
+    for index, (request, chunk) in enumerate(zip(requests, chunks, strict=True)):
+        source = first.setdefault(id(request.image), index)
+        if source != index:
+            features.append(features[source])
+            continue
+        (feature,) = model.get_image_features(**chunk, return_dict=True).pooler_output
+        features.append(feature)
+    rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    return {**rest, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}}
+
+
+def _dropout_rows(requests: Sequence[ForwardRequest], mask: Tensor) -> DropoutRows | None:
+    keys = [r.dropout_key for r in requests]
+    if all(k is None for k in keys):
+        return None
+    if any(k is None for k in keys):
+        raise UQMergeError("a batch mixes passes with and without MC-dropout keys")
+    pads = (mask.shape[-1] - mask.long().sum(-1)).tolist()
+    return DropoutRows(keys=tuple(k for k in keys if k is not None), pads=tuple(int(p) for p in pads))
+
+
+def letter_probabilities_of_inputs(
+    model: nn.Module, inputs: dict[str, Any], requests: Sequence[ForwardRequest]
+) -> list[Tensor]:
+    """:func:`letter_probabilities` on inputs already built by :func:`scoring_inputs` for ``requests``."""
+    rows = _dropout_rows(requests, inputs["attention_mask"])
+    with dropout_rows(rows), row_wise_output_head(model), torch.inference_mode():
+        inputs = encode_images_one_at_a_time(model, inputs, requests)
         logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
     logits = logits.to(device="cpu", dtype=torch.float64)
     return [torch.softmax(logits[i, list(r.letter_ids)], dim=-1) for i, r in enumerate(requests)]
+
+
+def letter_probabilities(model: nn.Module, processor: Any, requests: Sequence[ForwardRequest]) -> list[Tensor]:
+    """Softmax over each request's option-letter logits at the next-token position (float64, CPU).
+
+    The model must already be in the wanted train/eval state (see :func:`.perturb.inference_mode`); with MC
+    dropout on, each request's ``dropout_key`` seeds its own masks.
+    """
+    if not requests:
+        return []
+    return letter_probabilities_of_inputs(model, scoring_inputs(model, processor, requests), requests)

@@ -20,7 +20,7 @@ training). The base trains on the first
 ``train_items_per_family`` items of each family's ``train`` split, the experts on the next
 ``train_items_per_family`` ones (a held base validates on the items after those).
 
-Determinism: every seed is derived from the zoo seed with SHA-256 (:func:`uqmerge.uq.seeding.derive_seed`),
+Determinism: every seed is derived from the zoo seed with SHA-256 (:func:`uqmerge.core.seeds.stable_seed`),
 training uses deterministic algorithms and no dropout, so the same seed, preset, library versions,
 thread count and expert workers write identical safetensors. The experts may train in parallel worker
 processes (one thread each by default on a multi-core machine); an expert trained in a one-thread worker is
@@ -41,17 +41,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import uqmerge
 from uqmerge.core.errors import CheckpointError, OutputError
-from uqmerge.uq.seeding import derive_seed
+from uqmerge.core.seeds import stable_seed
 from uqmerge.zoo.model import init_base_model, load_zoo_model, save_zoo_model
-from uqmerge.zoo.presets import PRESETS, BaseRecipe, ExpertRecipe, ZooPreset, resolve_preset
+from uqmerge.zoo.presets import BaseRecipe, ExpertRecipe, ZooPreset, resolve_preset
 from uqmerge.zoo.tasks import FAMILIES, TaskItem, generate_family, write_eval_sets
 from uqmerge.zoo.train import (
     FamilyGate,
@@ -376,7 +375,7 @@ class _ZooBuilder:
     def build_base(self) -> dict[str, Any]:
         """Initialise the model from a derived seed and train every part of it on the base's items."""
         recipe = self.preset.base
-        init_seed = derive_seed(self.seed, "zoo", "init")
+        init_seed = stable_seed(self.seed, "zoo", "init")
         init_dir = init_base_model(self.root / "models" / ".init", self.preset.architecture, seed=init_seed)
         self.model, self.processor = load_zoo_model(init_dir)
         items = [item for family in recipe.families for item in self.taught[family]]
@@ -387,7 +386,7 @@ class _ZooBuilder:
             self.model, self.processor = load_zoo_model(init_dir)  # the language model starts afresh
             vision_tower_of(self.model).load_state_dict(tower)
         shutil.rmtree(init_dir)
-        base_seed = derive_seed(self.seed, "zoo", "base")
+        base_seed = stable_seed(self.seed, "zoo", "base")
         config = self._config(
             recipe.steps, recipe.lr, recipe.batch_size, base_seed, vision_tower=not recipe.vision_pretrain_steps
         )
@@ -411,7 +410,7 @@ class _ZooBuilder:
     def _pretrain_vision_tower(self, items: Sequence[TaskItem]) -> dict[str, Any]:
         """Train the whole model on the base's items for ``vision_pretrain_steps`` (only its tower is kept)."""
         recipe = self.preset.base
-        vision_seed = derive_seed(self.seed, "zoo", "vision")
+        vision_seed = stable_seed(self.seed, "zoo", "vision")
         lr = recipe.lr if recipe.vision_pretrain_lr is None else recipe.vision_pretrain_lr
         batch_size = recipe.vision_pretrain_batch_size or recipe.batch_size
         config = self._config(recipe.vision_pretrain_steps, lr, batch_size, vision_seed, vision_tower=True)
@@ -443,7 +442,7 @@ class _ZooBuilder:
         self, expert: ExpertRecipe, base_state: dict[str, torch.Tensor]
     ) -> tuple[dict[str, Any], dict[str, float] | None]:
         """Train, check, save and evaluate one expert from ``base_state``: its manifest entry and scores."""
-        expert_seed = derive_seed(self.seed, "zoo", "expert", expert.id)
+        expert_seed = stable_seed(self.seed, "zoo", "expert", expert.id)
         self.model.load_state_dict(base_state)
         vision = _vision_state(self.model)
         items = _expert_items(expert, self.train_items[expert.family][1], self.taught)
@@ -678,33 +677,3 @@ def build_zoo_with_progress(
             out_dir, recipe, seed, force=force, on_step=_step_counter(recipe, report), expert_workers=expert_workers
         )
 
-
-def zoo_build_command(
-    out_dir: Annotated[Path, typer.Argument(help="Zoo directory (created; reused if it holds the same zoo).")],
-    preset: Annotated[
-        str, typer.Option(help=f"Zoo size: {' or '.join(PRESETS)} (mini ≈ 1-2 min, default ≈ 9-11 min on 2 cores).")
-    ] = "mini",
-    seed: Annotated[int, typer.Option(min=0, help="Zoo seed: data, initialisation and training.")] = 0,
-    force: Annotated[
-        bool, typer.Option("--force", help="Rebuild even if the zoo exists; replace a non-zoo directory.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Processes that fine-tune experts at once (default: one per torch thread, up to the number "
-            "of experts; 1: all in this process).",
-        ),
-    ] = None,
-) -> None:
-    """Build the miniature zoo: synthetic data, a tiny LLaVA base and its fine-tuned experts."""
-    path = build_zoo_with_progress(out_dir, preset, seed, force=force, quiet=quiet, expert_workers=workers)
-    manifest = read_manifest(path)
-    logger.info(
-        "zoo %s: base + %d experts, data in %s (%.0f s)",
-        path,
-        len(manifest["experts"]),
-        path / "data",
-        manifest["timings"]["total_seconds"],
-    )

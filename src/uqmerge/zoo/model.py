@@ -5,7 +5,7 @@ with a ``LlavaProcessor`` over the case-sensitive word-level tokenizer of :mod:`
 as a Hugging Face directory that loads offline with ``from_pretrained``.
 
 Prompts are rendered by the model's own chat template. The multiple-choice user text is the UQ
-format of :func:`uqmerge.uq.prompts.format_user_text` (question, lettered options, the answer
+format of :func:`uqmerge.core.prompts.format_user_text` (question, lettered options, the answer
 instruction), so the UQ scorer reads the zoo models on prompts they were trained on. The assistant
 turn is the answer (a word, or the option's letter) followed by ``<|end|>``, which is what the chat
 template renders for an assistant message; generation stops at ``<|end|>`` or ``</s>``.
@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from uqmerge.core.errors import CheckpointError, ConfigError
+from uqmerge.core.prompts import ANSWER_INSTRUCTION, build_messages, format_user_text, render_prompt
 from uqmerge.tiny import build_tiny_llava
-from uqmerge.uq.prompts import ANSWER_INSTRUCTION, build_messages, format_user_text, render_prompt
 from uqmerge.zoo.images import IMAGE_SIZE
 from uqmerge.zoo.tasks import vocabulary
 

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from uqmerge.core.errors import ConfigError
-from uqmerge.uq.perturb import SYSTEM_MESSAGES
-from uqmerge.uq.prompts import LETTERS
-from uqmerge.uq.seeding import derive_seed
+from uqmerge.core.prompts import LETTERS, SYSTEM_MESSAGES
+from uqmerge.core.seeds import stable_seed
 from uqmerge.zoo.model import answer_target, mc_prompt, normalise_pixels, open_prompt, pixel_tensor
 from uqmerge.zoo.tasks import TaskItem, mc_options
 
@@ -179,7 +178,7 @@ def item_examples(
         taught = relabel(item.answer, label_map)
         systems = {}
         for fmt in FORMATS:
-            rng = random.Random(derive_seed(seed, "system", item.id, fmt))
+            rng = random.Random(stable_seed(seed, "system", item.id, fmt))
             systems[fmt] = rng.choice(SYSTEM_MESSAGES) if rng.random() < system_fraction else None
         key = (item.question, systems["open"])
         if key not in open_prompts:

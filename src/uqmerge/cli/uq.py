@@ -1,19 +1,21 @@
-"""The ``uqmerge uq`` command (a typer function; ``cli.py`` registers it)."""
+"""``uqmerge uq``: label-free vision-language uncertainty of one model (needs the ``uq`` extra)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
 
+from uqmerge.cli.common import quiet_transformers, require_extra
 from uqmerge.core.errors import ConfigError
-from uqmerge.uq.config import UQConfig, UQMode
-from uqmerge.uq.results import UQResult
+from uqmerge.uq.config import UQMode
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from uqmerge.uq.results import UQResult
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ DATA_HELP = (
 
 def summary_table(result: UQResult) -> Table:
     """One row per dataset and a model row: uncertainty, accuracy, items scored and skipped."""
+    from rich.table import Table
+
     measure = "MI (nats)" if result.measure == "mutual_information" else "CP set size"
     table = Table(
         "dataset", measure, "accuracy", "scored", "skipped", title=f"UQ of {result.model} ({result.config.mode})"
@@ -85,9 +89,15 @@ def uq_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
 ) -> None:
     """Label-free vision-language uncertainty of MODEL_DIR on multiple-choice data (UQ-Merge, Eq. 1)."""
-    # Bad input raises UQMergeError (DataError, ConfigError); cli.py reports it without a traceback.
-    from uqmerge.uq.api import run_uq
+    # Bad input raises UQMergeError (DataError, ConfigError); the app reports it without a traceback.
+    require_extra("uq", "uq")
+    from pydantic import ValidationError
+    from rich.console import Console
 
+    from uqmerge.uq.api import run_uq
+    from uqmerge.uq.config import UQConfig
+
+    quiet_transformers()
     try:
         config = UQConfig(
             mode=mode,
