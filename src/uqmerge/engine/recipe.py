@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -21,6 +21,7 @@ from uqmerge.core.errors import ConfigError
 ParamValue = float | int | str
 DTypeName = Literal["float32", "float16", "bfloat16"]
 KEEP_BASE = "keep_base"
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -137,12 +138,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_merge_config(data: dict[str, Any], *, source: str = "config") -> MergeConfig:
-    """Validate a merge config mapping (structure here; methods and parameters in the plan)."""
+def validate_config(model: type[ConfigT], data: dict[str, Any], source: str) -> ConfigT:
+    """``model`` validated from ``data``; a ConfigError lists every problem with its key path in ``source``."""
     try:
-        return MergeConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+
+
+def parse_merge_config(data: dict[str, Any], *, source: str = "config") -> MergeConfig:
+    """Validate a merge config mapping (structure here; methods and parameters in the plan)."""
+    return validate_config(MergeConfig, data, source)
 
 
 def load_merge_config(path: str | Path) -> MergeConfig:

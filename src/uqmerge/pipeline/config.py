@@ -6,16 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from uqmerge.core.errors import ConfigError
 from uqmerge.engine.recipe import (
     MergeConfig,
     MergeRecipe,
     ModelEntry,
     ParamValue,
-    format_validation_error,
     read_yaml,
+    validate_config,
 )
 from uqmerge.selection import RUN_GUIDANCES
 from uqmerge.uq.config import UQConfig, UQMode
@@ -131,10 +130,7 @@ class RunConfig(_Strict):
 
 def parse_run_config(data: dict[str, Any], *, source: str = "run config") -> RunConfig:
     """Validate a run config mapping."""
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return validate_config(RunConfig, data, source)
 
 
 def load_run_config(path: str | Path) -> RunConfig:
