@@ -133,7 +133,7 @@ def mc_dropout_attention(
     weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if dropout > 0:
         keep = _keep_mask(module, weights, dropout)
-        weights = torch.where(keep, weights * (1.0 / (1.0 - dropout)), torch.zeros((), dtype=weights.dtype))
+        weights = torch.where(keep, weights * (1.0 / (1.0 - dropout)), weights.new_zeros(()))
     output = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return output, weights
 

@@ -1,15 +1,18 @@
 """One forward pass per group of prompts: explicit positions, per-row MC-dropout keys, letter softmax.
 
-A CPU matrix product rounds a row differently depending on how many rows it is computed with when the
-rows are few (BLAS kernels and thread splits change with the row count). So the parts of the model
-with few rows per prompt run one prompt at a time: the images are encoded one at a time (the vision
-tower and projector, passed to the model as ``mm_encoder_outputs``; :func:`encode_images_one_at_a_time`)
-and the output head runs on one row at a time (:func:`row_wise_output_head`; only the last position's
-logits are computed, ``logits_to_keep=1``). The language model runs batched. The UQ loop batches prompts
-of equal token length only (no padding), so a row's probabilities are bit-identical on the CPU whatever it
-is batched with, as long as the language model's products have enough rows per prompt for the BLAS to
-split them the same way (prompts of tens of tokens at up to 16 threads on MKL, as tested). Prompts of
-unequal length are left-padded; models with plain 1-D positions then get
+Batch invariance. A CPU matrix product can round a row differently depending on how many rows are
+computed with it when they are few (the BLAS picks kernels and thread splits by shape). So the parts with
+few rows per prompt run one prompt at a time: each image is encoded on its own and handed to the model as
+``mm_encoder_outputs`` (:func:`encode_images_one_at_a_time`; passes that share an unperturbed image share
+its encoding), and on the CPU the output head runs one row at a time (:func:`row_wise_output_head`; only
+the last position's logits are computed, ``logits_to_keep=1``). The language model runs batched, and the
+UQ loop batches prompts of equal token length only, so no row is padded. A row's probabilities are then
+bit-identical on the CPU whatever it is batched with, as long as prompts have enough tokens for the BLAS
+to split the language model's products the same way (tested with MKL at 1 to 16 threads on prompts of
+about 50 tokens). On CUDA the head runs batched (a large vocabulary's head read once per row would cost
+more than the batch), and scores may differ in the last bits between batch sizes.
+
+Padding. Prompts of unequal length are left-padded; models with plain 1-D positions then get
 ``position_ids = cumsum(attention_mask) − 1`` (otherwise a row's positions would start at its pad count),
 while models that build their own multimodal positions from the attention mask (Qwen2-VL's M-RoPE
 ``get_rope_index``) are left to do so; padded rows agree with unpadded ones up to rounding.
@@ -148,7 +151,8 @@ def encode_images_one_at_a_time(
     """``inputs`` with ``pixel_values`` replaced by ``mm_encoder_outputs``: each image encoded on its own.
 
     Requests that share one image object (passes without image perturbation) share its features. Models
-    that cannot take precomputed features, or inputs without one image per request, are left as they are.
+    that cannot take precomputed features, inputs without one image per request and features that are not
+    one tensor per image are left as they are (the images then run batched).
     """
     if "pixel_values" not in inputs or not takes_encoder_outputs(model):
         return inputs
@@ -164,8 +168,10 @@ def encode_images_one_at_a_time(
         if source != index:
             features.append(features[source])
             continue
-        (feature,) = model.get_image_features(**chunk, return_dict=True).pooler_output
-        features.append(feature)
+        encoded = model.get_image_features(**chunk, return_dict=True).pooler_output
+        if len(encoded) != 1:  # an architecture whose features are not one tensor per image: keep it batched
+            return inputs
+        features.append(encoded[0])
     rest = {k: v for k, v in inputs.items() if k != "pixel_values"}
     return {**rest, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}}
 
@@ -185,7 +191,9 @@ def letter_probabilities_of_inputs(
 ) -> list[Tensor]:
     """:func:`letter_probabilities` on inputs already built by :func:`scoring_inputs` for ``requests``."""
     rows = _dropout_rows(requests, inputs["attention_mask"])
-    with dropout_rows(rows), row_wise_output_head(model), torch.inference_mode():
+    on_cpu = model_device_dtype(model)[0].type == "cpu"
+    head = row_wise_output_head(model) if on_cpu else contextlib.nullcontext()
+    with dropout_rows(rows), head, torch.inference_mode():
         inputs = encode_images_one_at_a_time(model, inputs, requests)
         logits = model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :]
     logits = logits.to(device="cpu", dtype=torch.float64)
