@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from uqmerge.core.errors import ConfigError
+from uqmerge.methods.base import ParamValue
 
-ParamValue = float | int | str
 DTypeName = Literal["float32", "float16", "bfloat16"]
 KEEP_BASE = "keep_base"
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

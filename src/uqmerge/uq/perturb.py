@@ -95,7 +95,7 @@ def _keep_mask(module: nn.Module, weights: Tensor, p: float) -> Tensor:
     if rows is None or layers is None or len(rows.keys) != batch:
         raise UQMergeError(
             "MC dropout needs one dropout key per batch row: run the forward pass through "
-            "uqmerge.uq.scoring.letter_probabilities(..., dropout_keys=...) inside inference_mode"
+            "uqmerge.uq.scoring.letter_probabilities with a dropout_key on every ForwardRequest, inside inference_mode"
         )
     if q_len != k_len:
         raise UQMergeError("MC dropout attention scores whole sequences (no KV cache)")
