@@ -216,13 +216,21 @@ def test_qwen2vl_layout_puts_the_merger_in_the_projector():
     }
 
 
-def test_internvl_and_causal_lm_layouts_are_detected():
+def test_internvl_and_causal_lm_layouts_are_derived_from_the_model_class():
     assert detect_layout({"model_type": "internvl"}).classify("model.multi_modal_projector.linear_1.weight").key == (
         "projector"
     )
     lm = detect_layout({"model_type": "mistral", "architectures": ["MistralForCausalLM"]})
+    assert lm.name == "derived:MistralForCausalLM"
+    assert lm.classify("model.layers.3.mlp.up_proj.weight").key == "language_model.mlp"
+
+
+def test_a_model_type_transformers_does_not_know_falls_back_to_the_built_in_layouts():
+    lm = detect_layout({"model_type": "my_private_lm", "architectures": ["MyPrivateForCausalLM"]})
     assert lm.name == "causal_lm"
     assert lm.classify("model.layers.3.mlp.up_proj.weight").key == "language_model.mlp"
+    with pytest.raises(LayoutError, match=r"does not know model_type='my_private_vlm'.*set `layout:`"):
+        detect_layout({"model_type": "my_private_vlm", "architectures": ["MyPrivateVLM"]})
 
 
 def test_unclassified_tensors_are_listed_and_user_rules_fix_them():

@@ -174,7 +174,7 @@ def test_merged_llava_loads_with_from_pretrained_and_generates(llava_family, tmp
     assert gen.shape[1] == ids.shape[1] + 3 or gen.shape[1] <= ids.shape[1] + 3
     assert (out / "uqmerge_config.yml").exists() and (out / "README.md").exists()
     recipe = yaml.safe_load((out / "uqmerge_config.yml").read_text())
-    assert recipe["merge_method"] == "ties" and recipe["layout"] == "llava"
+    assert recipe["merge_method"] == "ties" and recipe["layout"] == "derived:LlavaForConditionalGeneration"
 
 
 def test_bfloat16_output_dtype_is_applied_and_recorded(llava_family, llava_states, tmp_path):

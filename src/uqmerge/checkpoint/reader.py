@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,12 @@ class CheckpointReader:
         """Tensor names in on-disk order."""
         return list(self.tensors)
 
+    def with_names(self, rename: Mapping[str, str]) -> CheckpointReader:
+        """A view whose tensor ``n`` is called ``rename[n]`` (others keep their names); reads use the stored names."""
+        view = copy.copy(self)
+        view.tensors = {rename.get(n, n): info for n, info in self.tensors.items()}
+        return view
+
     def info(self, name: str) -> TensorInfo:
         """Metadata of tensor ``name``; a CheckpointError naming the checkpoint if it is missing."""
         try:
@@ -126,7 +134,7 @@ class CheckpointReader:
         info = self.info(name)
         if info.start >= 0:
             return read_tensor(info)
-        return self._load_pickle(info.file)[name].clone()
+        return self._load_pickle(info.file)[info.name].clone()
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` (its stored dtype, on the CPU): ``read(name)[start:stop]``.
@@ -140,7 +148,7 @@ class CheckpointReader:
             raise CheckpointError(
                 f"{info.file}: rows [{start}, {stop}) out of range for tensor {name!r} of shape {list(info.shape)}"
             )
-        return self._load_pickle(info.file)[name][start:stop].clone()
+        return self._load_pickle(info.file)[info.name][start:stop].clone()
 
     def total_bytes(self) -> int:
         """Total bytes of tensor data."""

@@ -114,12 +114,14 @@ class InputReads:
             self.bytes_reread += nbytes
         return tensor
 
-    def compute(self, raw: torch.Tensor, source: Path, name: str) -> torch.Tensor:
-        """A floating ``raw`` as fp32 on the compute device, refused if it holds NaN/Inf (unless allowed)."""
+    def compute(self, raw: torch.Tensor, source: Path, name: str, *, check: bool = True) -> torch.Tensor:
+        """A floating ``raw`` as fp32 on the compute device, refused if it holds NaN/Inf (unless allowed or not
+        ``check``: a tensor copied from the base, such as Gemma 4's ±inf clamp bounds, is never computed with)."""
         if not raw.is_floating_point():
             return raw
         tensor = raw.to(device=self.device, dtype=torch.float32)
-        self.check_finite(tensor, source, name)
+        if check:
+            self.check_finite(tensor, source, name)
         return tensor
 
     def check_finite(self, tensor: torch.Tensor, source: Path, name: str) -> None:
@@ -139,6 +141,15 @@ class InputReads:
     def read(self, reader: ModelReader, name: str) -> torch.Tensor:
         """Whole tensor ``name``: fp32 on the compute device if floating."""
         return self.compute(self.raw(reader, name), reader.path, name)
+
+
+def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest ``|a − b|`` over entries that differ; equal infinities and NaN against NaN count as equal, and a
+    difference at a non-finite entry is ``inf``."""
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    if bool(same.all()):
+        return 0.0
+    return float((a - b).abs()[~same].nan_to_num(nan=math.inf, posinf=math.inf).max())
 
 
 def row_bounds(n_rows: int, rows_per_block: int) -> list[tuple[int, int]]:
@@ -289,7 +300,6 @@ class _Executor:
         if not base.is_floating_point():
             return base
         if not self.plan.config.verify_keep_base:
-            self.inputs.check_finite(base, base_reader.path, task.name)
             return base
         bounds = (
             row_bounds(base.shape[0], rows_per_block(base.shape, _KEEP_BASE_BYTES_PER_ELEMENT, self.max_block_bytes))
@@ -298,11 +308,11 @@ class _Executor:
         )
         for rows in bounds:
             base_rows = self.inputs.compute(
-                base if rows is None else base[rows[0] : rows[1]], base_reader.path, task.name
+                base if rows is None else base[rows[0] : rows[1]], base_reader.path, task.name, check=False
             )
             for reader in self.plan.models:
-                model_rows = self.inputs.compute(self.inputs.raw(reader, task.name, rows), reader.path, task.name)
-                diff = float((model_rows - base_rows).abs().max()) if base_rows.numel() else 0.0
+                raw = self.inputs.raw(reader, task.name, rows)
+                diff = max_difference(self.inputs.compute(raw, reader.path, task.name, check=False), base_rows)
                 if diff > 0:
                     differences = self.report.keep_base_differences
                     differences[task.name] = max(diff, differences.get(task.name, 0.0))

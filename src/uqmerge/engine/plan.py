@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from uqmerge.checkpoint.layouts import Classification, Layout, Rule, detect_layout, get_layout
+from uqmerge.checkpoint.layouts import ENCODER_COMPONENTS, Classification, Layout, Rule, detect_layout, get_layout
 from uqmerge.checkpoint.lora import ModelReader, is_lora_adapter, open_base, open_model
 from uqmerge.checkpoint.reader import CheckpointReader
 from uqmerge.checkpoint.writer import TensorSpec
@@ -74,7 +74,13 @@ def _architecture(reader: CheckpointReader) -> tuple[str | None, tuple[str, ...]
 
 
 def check_same_architecture(base: CheckpointReader, models: list[CheckpointReader]) -> None:
-    """Every input must have the base's ``model_type`` and ``architectures``."""
+    """Every input must have a ``config.json`` with the base's ``model_type`` and ``architectures``."""
+    for reader in (base, *models):
+        if isinstance(reader, CheckpointReader) and not (reader.path / "config.json").exists():
+            raise LayoutError(
+                f"{reader.path}: no config.json; every input must be a transformers model directory (for a "
+                "fine-tune of the base saved without one, copy the base's config.json next to its weights)"
+            )
     want = _architecture(base)
     for m in models:
         got = _architecture(m)
@@ -85,7 +91,40 @@ def check_same_architecture(base: CheckpointReader, models: list[CheckpointReade
             )
 
 
-def check_coverage(base: CheckpointReader, models: list[CheckpointReader]) -> None:
+def reconcile_names(model: ModelReader, base: CheckpointReader, layout: Layout) -> ModelReader:
+    """``model`` seen under the base's tensor names when both name the same parameters differently.
+
+    Legacy and transformers-5 key names (``language_model.model.*`` and ``model.language_model.*``) map to the
+    same in-memory parameter through the layout's key conversion; the merge then reads each input by its own
+    names and writes the base's.
+    """
+    if not isinstance(model, CheckpointReader) or set(model.names) == set(base.names):
+        return model
+    by_module = {layout.module_name(n): n for n in base.names}
+    rename = {n: by_module[m] for n in model.names if (m := layout.module_name(n)) in by_module and n != by_module[m]}
+    if not rename or len(set(rename.values())) != len(rename):
+        return model
+    renamed = model.with_names(rename)
+    return renamed if set(renamed.names) == set(base.names) else model
+
+
+def _naming_hint(missing: list[str], extra: list[str], layout: Layout) -> str:
+    """Why names differ, when the model holds tensors that look like the missing ones under another prefix."""
+    if not extra:
+        return ""
+    by_tail = {".".join(n.split(".")[-3:]): n for n in extra}
+    pairs = [(by_tail[t], n) for n in missing if (t := ".".join(n.split(".")[-3:])) in by_tail]
+    if not pairs:
+        return ""
+    mine, theirs = pairs[0]
+    return (
+        f"; {len(pairs)} of them look stored under other names (e.g. {mine!r} for the base's {theirs!r}), a naming "
+        f"convention that layout {layout.name!r} does not map to the same parameter. Re-save one of them with "
+        "transformers' save_pretrained, or set `layout:` to one that maps both"
+    )
+
+
+def check_coverage(base: CheckpointReader, models: list[ModelReader], layout: Layout) -> None:
     """Each model holds exactly the base's tensor set, with equal shapes; else a PlanError naming them."""
     base_names = set(base.names)
     for m in models:
@@ -93,7 +132,10 @@ def check_coverage(base: CheckpointReader, models: list[CheckpointReader]) -> No
         missing = sorted(base_names - names)
         extra = sorted(names - base_names)
         if missing:
-            raise PlanError(f"{m.path}: missing {len(missing)} tensor(s) that the base has, e.g. {missing[:5]}")
+            raise PlanError(
+                f"{m.path}: missing {len(missing)} tensor(s) that the base has, e.g. {missing[:5]}"
+                + _naming_hint(missing, extra, layout)
+            )
         if extra:
             raise PlanError(
                 f"{m.path}: has {len(extra)} tensor(s) the base {base.path} lacks, e.g. {extra[:5]}; they would be "
@@ -136,7 +178,7 @@ def _action_for(
     for key in (cls.key, cls.component):
         if key in methods:
             return methods[key]
-    if cls.component == "vision_tower":
+    if cls.component in ENCODER_COMPONENTS:
         return None
     return methods["*"]
 
@@ -160,8 +202,9 @@ def build_plan(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
     base = given_base if given_base is not None else models[0]
     check_same_architecture(base, models)
     layout = _layout_for(config, base)
+    models = [reconcile_names(m, base, layout) for m in models]
     classes = layout.classify_all(base.names)
-    check_coverage(base, models)
+    check_coverage(base, models, layout)
     out_dtype = torch_dtype(config.dtype) if config.dtype else base_dtype(base)
     tasks = []
     for name in base.names:

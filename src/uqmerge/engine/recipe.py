@@ -46,8 +46,8 @@ class LayoutRuleConfig(_Strict):
     """A user rule classifying tensors the built-in layout does not know."""
 
     pattern: str
-    component: Literal["vision_tower", "projector", "language_model"]
-    role: Literal["embeddings", "lm_head", "attention", "mlp", "norm"] | None = None
+    component: Literal["vision_tower", "audio_tower", "projector", "language_model"]
+    role: Literal["embeddings", "lm_head", "attention", "cross_attention", "mlp", "norm", "other"] | None = None
 
     @field_validator("pattern")
     @classmethod
