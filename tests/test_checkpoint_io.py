@@ -252,3 +252,13 @@ def test_unclassified_tensors_are_listed_and_user_rules_fix_them():
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(LayoutError, match="no layout for model_type='mystery'"):
         detect_layout({"model_type": "mystery", "architectures": ["MysteryModel"]})
+
+
+def test_a_layout_marked_override_replaces_the_derivation_for_its_model_types(monkeypatch):
+    from uqmerge.checkpoint import layouts
+
+    data = json.loads(json.dumps(layouts._data()))
+    data["layouts"]["llava"]["override"] = True
+    monkeypatch.setattr(layouts, "_data", lambda: data)
+    assert detect_layout({"model_type": "llava"}).name == "llava"
+    assert detect_layout({"model_type": "qwen2_vl"}).name == "derived:Qwen2VLForConditionalGeneration"
