@@ -4,12 +4,12 @@ A checkpoint's ``config.json`` names its model class. Built on the meta device (
 module tree says where each parameter lives. The modality encoders are the modules that transformers' own
 ``get_encoder(modality=…)`` looks for (``vision_tower``, ``visual``, ``vision_model``, …) and any sub-model whose
 class or config is a vision or audio model. The language model is ``get_decoder()`` plus the output embeddings.
-Projectors are what joins them: modules named like one inside an encoder (Qwen-VL's ``merger``, Qwen3-VL's
-``deepstack_merger_list``, Llama 4's ``vision_adapter``), every module beside the encoders that holds one inside the
-language model (Phi-4-multimodal's ``embed_tokens_extend``), and everything outside the encoders and the language
-model (``multi_modal_projector``, ``connector``, ``image_newline``, Gemma 3n's ``embed_vision``). On-disk names are
-mapped to the in-memory ones by the class's own checkpoint conversion mapping, so legacy and transformers-5 key
-names both classify.
+Projectors are what joins them: modules named like one wherever they sit (Qwen-VL's ``merger`` inside the vision
+tower, Qwen3-VL's ``deepstack_merger_list``, Llama 4's ``vision_adapter``, Gemma's ``embed_vision``), every module
+inside the language model that holds an encoder (Phi-4-multimodal's ``embed_tokens_extend``), and everything
+outside the encoders and the language model (Q-Formers, ``image_newline``). On-disk names are mapped to the
+in-memory ones by the class's own checkpoint conversion mapping, so legacy and transformers-5 key names both
+classify.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ PROJECTOR_MODULE_NAMES = frozenset(
         "vision_adapter",
         "adapter",
         "visual_projection",
+        "embed_vision",
+        "embed_audio",
     }
 )
 # Class-name fragments that give a language-model role; the first module on a tensor's path that matches decides.
