@@ -450,3 +450,64 @@ def test_missing_base_generator_or_mismatched_shapes_are_plan_errors():
         merge("dare_linear", models, base)
     with pytest.raises(PlanError, match="shapes"):
         merge("linear", [models[0], models[1].reshape(-1)], None)
+
+
+# ------------------------------------------------------------------------ sign election from exact votes
+
+# bf16-exact task vectors whose decimal vote 1.0·0.0703125 + 0.8·(−0.087890625) = 0.0703125 − 0.0703125 is 0;
+# fp32 arithmetic (a fused multiply-add) leaves −1.05e-9 and elected "−", giving −0.0879 instead of the base.
+ZERO_VOTE_TAUS = (0.0703125, -0.087890625)
+ZERO_VOTE_WEIGHTS = [1.0, 0.8]
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("ties", {}), ("dare_ties", {}), ("della", {"epsilon": 0.0})],
+)
+def test_a_vote_that_is_zero_in_decimal_arithmetic_elects_no_sign_and_keeps_the_base(name, params):
+    base = torch.zeros(40)
+    models = [torch.full((40,), tau) for tau in ZERO_VOTE_TAUS]
+    assert all(torch.equal(m.bfloat16().float(), m) for m in models)
+    assert (0.0703125 * 1.0) + (-0.087890625 * 0.8) == 0.0  # the vote, in float64
+    per_model = {"weight": ZERO_VOTE_WEIGHTS, "density": [1.0, 1.0]}
+    out = merge(name, models, base, seed=0, per_model=per_model, params=params)
+    assert torch.equal(out, base)
+
+
+def test_a_nonzero_vote_still_elects_its_sign():
+    base = torch.zeros(3)
+    models = [torch.full((3,), 0.0703125), torch.full((3,), -0.087890625)]
+    out = merge("ties", models, base, per_model={"weight": [1.0, 0.81], "density": [1.0, 1.0]})
+    # vote 0.0703125 − 0.81·0.087890625 < 0: only model 2 agrees, so the entry moves by its τ
+    torch.testing.assert_close(out, torch.full((3,), -0.087890625))
+
+
+def test_a_bfloat16_merge_keeps_the_base_where_the_decimal_vote_is_zero(tmp_path):
+    from safetensors.torch import save_file
+
+    from uqmerge.engine.merge import merge_to_dir
+    from uqmerge.engine.recipe import parse_merge_config
+
+    config = '{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "dtype": "bfloat16"}'
+    shape = (4, 6)
+    paths = []
+    for key, tau in (("base", 0.0), ("a", ZERO_VOTE_TAUS[0]), ("b", ZERO_VOTE_TAUS[1])):
+        (tmp_path / key).mkdir()
+        tensor = torch.full(shape, tau, dtype=torch.bfloat16)
+        save_file({"model.layers.0.mlp.up_proj.weight": tensor}, str(tmp_path / key / "model.safetensors"))
+        (tmp_path / key / "config.json").write_text(config)
+        paths.append(str(tmp_path / key))
+    cfg = {
+        "merge_method": "ties",
+        "base_model": paths[0],
+        "models": [
+            {"model": p, "parameters": {"weight": w}} for p, w in zip(paths[1:], ZERO_VOTE_WEIGHTS, strict=True)
+        ],
+        "parameters": {"density": 1.0},
+    }
+    merge_to_dir(parse_merge_config(cfg), tmp_path / "out", quiet=True)
+    from safetensors.torch import load_file
+
+    merged = load_file(str(tmp_path / "out" / "model.safetensors"))["model.layers.0.mlp.up_proj.weight"]
+    assert merged.dtype == torch.bfloat16
+    assert torch.equal(merged, torch.zeros(shape, dtype=torch.bfloat16))

@@ -1,3 +1,3 @@
 """uqmerge: merge multimodal LLMs fine-tuned from one base, with uncertainty-guided selection."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

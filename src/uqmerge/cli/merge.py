@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from uqmerge.cli.common import Device, Quiet, Verbose, err_console, fail, parse_size, require_extra, setup_logging
-from uqmerge.core.errors import UQMergeError
+from uqmerge.core.errors import ConfigError, UQMergeError
 
 
 def merge(
@@ -26,6 +26,12 @@ def merge(
         bool, typer.Option(help="Allow .bin pickles (loaded with torch.load(weights_only=True)).")
     ] = False,
     allow_nonfinite: Annotated[bool, typer.Option(help="Merge input tensors that contain NaN or Inf.")] = False,
+    compat: Annotated[
+        str,
+        typer.Option(
+            help="'mergekit': CONFIG is a mergekit 0.1.5 YAML, merged with mergekit's semantics (docs/mergekit.md).",
+        ),
+    ] = "uqmerge",
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -34,7 +40,9 @@ def merge(
 
     setup_logging(verbose, quiet)
     try:
-        cfg = load_merge_config(config)
+        if compat not in ("uqmerge", "mergekit"):
+            raise ConfigError(f"--compat: {compat!r} is not known; use 'uqmerge' (the default) or 'mergekit'")
+        cfg = load_merge_config(config, compat="mergekit" if compat == "mergekit" else "uqmerge")
         if cfg.lora_output is not None:
             # The adapter_config.json of a LoRA output is written with peft's LoraConfig.
             require_extra("merge", "lora", feature="lora_output")

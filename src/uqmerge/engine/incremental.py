@@ -90,7 +90,9 @@ class IncrementalMerger:
         """Make the resident model equal Merge(prefix)."""
         prefix = list(prefix)
         plan = self._plan(prefix)
-        linear = plan.methods["*"] is not None and plan.methods["*"].method.name == "linear"
+        # The running mean is uqmerge's linear; mergekit's may be an unnormalised sum that includes the base.
+        top = plan.methods["*"]
+        linear = top is not None and top.method.name == "linear" and top.arguments.semantics == "uqmerge"
         if linear and prefix[:-1] == self.prefix and self._only_linear_or_keep(plan):
             self._running_mean_step(plan, prefix[-1])
         else:

@@ -63,6 +63,11 @@ def merge_model_card(
         "",
         f"Layout: `{plan.layout.name}`; output dtype `{recipe['dtype']}`. The exact recipe is in `uqmerge_config.yml`.",
         "",
+        *(
+            [f"The methods follow {plan.config.compat}'s semantics (`compat: {plan.config.compat}`).", ""]
+            if plan.config.compat != "uqmerge"
+            else []
+        ),
         *extra_sections,
     ]
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 :class:`MergeRecipe` is what to do (method, parameters, components, include/exclude, dtype, seed);
 :class:`MergeConfig` adds which models (``base_model``, ``models``). `uqmerge merge` reads a MergeConfig and
 `uqmerge run` a MergeRecipe as its ``merge:`` section, completed per candidate prefix by
-:meth:`MergeRecipe.for_models`.
+:meth:`MergeRecipe.for_models`. ``compat: mergekit`` makes the methods follow mergekit 0.1.5's semantics and gives
+the config mergekit's inputs (:mod:`uqmerge.engine.mergekit`); ``load_merge_config(path, compat="mergekit")``
+reads a mergekit YAML itself.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from uqmerge.core.errors import ConfigError
-from uqmerge.methods.base import ParamValue
+from uqmerge.engine.mergekit import from_mergekit, mergekit_inputs
+from uqmerge.methods.base import ParamValue, Semantics
 
 DTypeName = Literal["float32", "float16", "bfloat16"]
 KEEP_BASE = "keep_base"
@@ -83,6 +86,13 @@ class MergeRecipe(_Strict):
     seed: int = 0
     verify_keep_base: bool = True
     lora_output: LoraOutputConfig | None = None
+    compat: Semantics = "uqmerge"
+
+    @model_validator(mode="after")
+    def _lora_output_is_uqmerges(self) -> MergeRecipe:
+        if self.compat != "uqmerge" and self.lora_output is not None:
+            raise ValueError(f"lora_output follows uqmerge's semantics only; remove it or `compat: {self.compat}`")
+        return self
 
     @field_validator("include", "exclude")
     @classmethod
@@ -112,6 +122,15 @@ class MergeConfig(MergeRecipe):
     merge_method: str
     base_model: str | None = None
     models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mergekit_inputs(cls, data: Any) -> Any:
+        """With ``compat: mergekit``, the models as mergekit reads them (:func:`.mergekit.mergekit_inputs`)."""
+        if isinstance(data, dict) and data.get("compat") == "mergekit":
+            models = mergekit_inputs(data.get("merge_method"), data.get("base_model"), data.get("models"))
+            return {**data, "models": models}
+        return data
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -151,6 +170,9 @@ def parse_merge_config(data: dict[str, Any], *, source: str = "config") -> Merge
     return validate_config(MergeConfig, data, source)
 
 
-def load_merge_config(path: str | Path) -> MergeConfig:
-    """Load and validate a merge YAML file."""
-    return parse_merge_config(read_yaml(path), source=str(path))
+def load_merge_config(path: str | Path, *, compat: Semantics = "uqmerge") -> MergeConfig:
+    """Load and validate a merge YAML file; ``compat="mergekit"`` reads a mergekit 0.1.5 YAML (its keys, unchanged)."""
+    data = read_yaml(path)
+    if compat == "mergekit":
+        data = from_mergekit(data, source=str(path))
+    return parse_merge_config(data, source=str(path))

@@ -46,15 +46,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from uqmerge.core.errors import ConfigError, PlanError
 
-ParamValue = float | int | str
-"""A parameter value as a config gives it."""
+ParamValue = bool | float | int | str
+"""A parameter value as a config gives it (bool first, so YAML ``true`` stays a bool)."""
+
+Semantics = Literal["uqmerge", "mergekit"]
+"""Whose definition of the methods a merge follows: uqmerge's own, or mergekit 0.1.5's (``compat: mergekit``)."""
+SEMANTICS: tuple[str, ...] = ("uqmerge", "mergekit")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Param:
     high_inclusive: bool = True
     choices: tuple[str, ...] | None = None
     argument: str | None = None
+    required: bool = False
 
     @property
     def keyword(self) -> str:
@@ -88,6 +93,8 @@ class Param:
         """Human-readable valid range, e.g. ``(0, 1]``."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
         lo = "-inf" if self.low is None else f"{self.low:g}"
         hi = "inf" if self.high is None else f"{self.high:g}"
         left = "[" if self.low_inclusive and self.low is not None else "("
@@ -98,6 +105,8 @@ class Param:
         """Return an error message if ``value`` is invalid for this parameter, else None."""
         if self.choices is not None:
             return None if value in self.choices else f"must be {self.describe_range()}, got {value!r}"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"must be a number, got {value!r}"
         if self.kind is int and not float(value).is_integer():
@@ -121,12 +130,14 @@ class Arguments:
     """A method's parameters for a merge of ``n_models`` models, validated by :meth:`MergeMethod.bind`.
 
     ``per_model[p]`` holds parameter ``p`` of every model (each per-model parameter is present); ``params`` the
-    global values as given, defaults filled in (an optional parameter left unset is absent).
+    global values as given, defaults filled in (an optional parameter left unset is absent); ``semantics`` the
+    definition they were bound under (the kernel gets it as ``semantics=`` unless it is uqmerge's).
     """
 
     n_models: int
     per_model: Mapping[str, tuple[ParamValue, ...]] = field(default_factory=dict)
     params: Mapping[str, ParamValue] = field(default_factory=dict)
+    semantics: Semantics = "uqmerge"
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,8 @@ class MergeInputs:
     ``models`` and ``base`` are fp32 tensors on the compute device (never modified); ``per_model[p][i]`` is
     parameter ``p`` of model ``i`` (a missing parameter takes its default); ``params`` holds the global
     parameters. Randomized methods draw from ``generators[i]`` for model ``i`` (the seeding contract in the
-    module docstring); without them, from ``generator`` in model order.
+    module docstring); without them, from ``generator`` in model order. ``semantics`` picks the method's
+    definition (``"mergekit"``: mergekit 0.1.5's parameters, defaults and rules).
     """
 
     name: str
@@ -146,6 +158,7 @@ class MergeInputs:
     params: Mapping[str, ParamValue | None] = field(default_factory=dict)
     generator: torch.Generator | None = None
     generators: Sequence[torch.Generator] | None = None
+    semantics: Semantics = "uqmerge"
 
     def model_generators(self) -> list[torch.Generator] | None:
         """One generator per model: ``generators``, else ``generator`` repeated (drawn in model order)."""
@@ -255,11 +268,26 @@ class Blockwise:
 
 
 @dataclass(frozen=True)
+class Compat:
+    """A method under another tool's semantics: the parameters a config sets there, and their joint check.
+
+    ``params`` carry that tool's names, defaults, ranges and required-ness; the kernel gets the bound values plus
+    ``semantics=<name>``, and applies that tool's rules (keep counts, sign election, divisors) for it.
+    """
+
+    params: tuple[Param, ...]
+    check: Callable[[Arguments], None] | None = None
+    inert: tuple[str, ...] = ()
+    """Parameters accepted because that tool accepts them, which do not change this method's result there."""
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     """A registered merge method: its kernel, parameter specs, record for the docs, and optional block protocol.
 
     ``merge(inputs)`` is the kernel bound to raw :class:`MergeInputs` (:meth:`bind`, then :meth:`run`); it
-    carries the kernel's name and docstring.
+    carries the kernel's name and docstring. ``compat`` maps another semantics (``"mergekit"``) to the method's
+    parameters under it; a method without an entry has only uqmerge's semantics.
     """
 
     name: str
@@ -274,22 +302,41 @@ class MergeMethod:
     randomized: bool = False
     blockwise: Blockwise | None = None
     check: Callable[[Arguments], None] | None = None
+    compat: Mapping[str, Compat] = field(default_factory=dict)
     merge: Callable[[MergeInputs], Tensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def merge(inputs: MergeInputs) -> Tensor:
             if not inputs.models:
                 raise PlanError(f"tensor {inputs.name!r}: no models to merge")
-            arguments = self.bind(inputs.per_model, inputs.params, len(inputs.models), where=f"tensor {inputs.name!r}")
+            arguments = self.bind(
+                inputs.per_model,
+                inputs.params,
+                len(inputs.models),
+                where=f"tensor {inputs.name!r}",
+                semantics=inputs.semantics,
+            )
             return self.run(inputs.name, inputs.models, inputs.base, arguments, inputs.model_generators())
 
         merge.__name__ = merge.__qualname__ = self.kernel.__name__
         merge.__doc__ = self.kernel.__doc__
         object.__setattr__(self, "merge", merge)
 
-    def param(self, name: str) -> Param | None:
-        """The parameter spec called ``name``, or None."""
-        return next((p for p in self.params if p.name == name), None)
+    def specs(self, semantics: Semantics = "uqmerge", *, where: str = "") -> tuple[Param, ...]:
+        """The parameter specs under ``semantics``; a ConfigError when the method has no such definition."""
+        if semantics == "uqmerge":
+            return self.params
+        if semantics not in self.compat:
+            supported = ", ".join(n for n in SEMANTICS if n == "uqmerge" or n in self.compat)
+            raise ConfigError(
+                f"{where + ': ' if where else ''}method {self.name!r} has no {semantics} semantics "
+                f"({semantics} has no such method); it supports: {supported}"
+            )
+        return self.compat[semantics].params
+
+    def param(self, name: str, semantics: Semantics = "uqmerge") -> Param | None:
+        """The parameter spec called ``name`` (under ``semantics``), or None."""
+        return next((p for p in self.specs(semantics) if p.name == name), None)
 
     def bind(
         self,
@@ -298,17 +345,20 @@ class MergeMethod:
         n_models: int,
         *,
         where: str,
+        semantics: Semantics = "uqmerge",
     ) -> Arguments:
         """Validate raw parameters for ``n_models`` models: the one check of names, counts, ranges and ``check``.
 
-        A missing parameter takes its default, as does a global given as None. ConfigErrors start with ``where``.
+        A missing parameter takes its default, as does a global given as None; a required one without a value is
+        an error. ``semantics`` picks the specs (:meth:`specs`). ConfigErrors start with ``where``.
         """
+        specs = self.specs(semantics, where=where)
         if n_models < self.min_models or (self.max_models is not None and n_models > self.max_models):
             raise ConfigError(f"{where}: method {self.name!r} needs {self._model_count()}, got {n_models}")
-        self._reject_unknown(per_model, params, where)
+        self._reject_unknown(per_model, params, where, specs)
         bound_per_model: dict[str, tuple[ParamValue, ...]] = {}
         bound_params: dict[str, ParamValue] = {}
-        for spec in self.params:
+        for spec in specs:
             if spec.per_model:
                 values = per_model.get(spec.name, [spec.default] * n_models)
                 if len(values) != n_models:
@@ -321,13 +371,19 @@ class MergeMethod:
             else:
                 value = params.get(spec.name)
                 value = spec.default if value is None else value
+                if value is None and spec.required:
+                    raise ConfigError(
+                        f"{where}: method {self.name!r} needs parameter {spec.name!r} ({semantics} semantics give it "
+                        "no default); set it in `parameters:`"
+                    )
                 if value is not None:
                     _check_value(self.name, spec, value, where)
                     bound_params[spec.name] = value
-        arguments = Arguments(n_models, bound_per_model, bound_params)
-        if self.check is not None:
+        arguments = Arguments(n_models, bound_per_model, bound_params, semantics)
+        check = self.check if semantics == "uqmerge" else self.compat[semantics].check
+        if check is not None:
             try:
-                self.check(arguments)
+                check(arguments)
             except ConfigError as e:
                 raise ConfigError(f"{where}: method {self.name!r}: {e}") from None
         return arguments
@@ -364,12 +420,14 @@ class MergeMethod:
         if arguments.n_models != n_models:
             raise PlanError(f"tensor {name!r}: parameters bound for {arguments.n_models} models, got {n_models}")
         keywords: dict[str, object] = {}
-        for spec in self.params:
+        for spec in self.specs(arguments.semantics):
             if spec.per_model:
                 keywords[spec.keyword] = [spec.typed(v) for v in arguments.per_model[spec.name]]
             else:
                 value = arguments.params.get(spec.name)
                 keywords[spec.keyword] = None if value is None else spec.typed(value)
+        if arguments.semantics != "uqmerge":
+            keywords["semantics"] = arguments.semantics
         if self.randomized:
             if generators is None:
                 raise PlanError(f"tensor {name!r}: this randomized method needs a seeded generator")
@@ -387,9 +445,11 @@ class MergeMethod:
             raise PlanError(f"tensor {name!r}: this method needs the base model's tensor; set `base_model:`")
         return self.kernel(base, models, **keywords)
 
-    def _reject_unknown(self, per_model: Mapping[str, object], params: Mapping[str, object], where: str) -> None:
+    def _reject_unknown(
+        self, per_model: Mapping[str, object], params: Mapping[str, object], where: str, specs: Sequence[Param]
+    ) -> None:
         for given, kind, is_per_model in ((per_model, "per-model", True), (params, "global", False)):
-            known = sorted(p.name for p in self.params if p.per_model == is_per_model)
+            known = sorted(p.name for p in specs if p.per_model == is_per_model)
             unknown = sorted(set(given) - set(known))
             if unknown:
                 raise ConfigError(
@@ -423,6 +483,9 @@ def _check_value(method: str, spec: Param, value: object, where: str) -> None:
 def _per_model_value(method: str, spec: Param, value: ParamValue | None, where: str, model: int) -> ParamValue:
     """Model ``model``'s value of ``spec``, validated and stored as a float (a str for choice parameters)."""
     if value is None:
-        raise ConfigError(f"{where}: model {model} lacks required parameter {spec.name!r}")
+        raise ConfigError(
+            f"{where}: model {model} lacks required parameter {spec.name!r}; set it in that model's `parameters:` "
+            "or in the top-level `parameters:`"
+        )
     _check_value(method, spec, value, f"{where}, model {model}")
-    return value if spec.kind is str else float(value)
+    return value if spec.kind in (str, bool) else float(value)

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from uqmerge.methods.base import MergeMethod, Param
+from uqmerge.methods import mergekit
+from uqmerge.methods.base import Compat, MergeMethod, Param, Semantics
 
 
 def slerp(a: Tensor, b: Tensor, t: float, eps: float) -> Tensor:
@@ -40,7 +41,9 @@ _EPS = Param(
 )
 
 
-def slerp_models(models: Sequence[Tensor], t: float = 0.5, eps: float = 5e-4) -> Tensor:
+def slerp_models(
+    models: Sequence[Tensor], t: float = 0.5, eps: float = 5e-4, semantics: Semantics = "uqmerge"
+) -> Tensor:
     """SLERP of exactly two models (Shoemake, "Animating Rotation with Quaternion Curves", SIGGRAPH 1985),
     applied per tensor as in mergekit.
 
@@ -51,9 +54,13 @@ def slerp_models(models: Sequence[Tensor], t: float = 0.5, eps: float = 5e-4) ->
 
     Differences from mergekit: mergekit's first endpoint is ``base_model``; here it is the first entry
     of ``models:`` and no base is read. ``t`` is one global number (mergekit also accepts per-filter
-    gradients). The threshold test is ≤ rather than <.
+    gradients). The threshold test is ≤ rather than <. mergekit semantics (:func:`uqmerge.methods.mergekit.slerp`):
+    ``t`` required and unbounded, linear only where |cos θ| > 0.9995, a zero tensor interpolated along θ = π/2;
+    a ``compat: mergekit`` config lists the base first, so t = 0 is ``base_model``.
     """
     a, b = models
+    if semantics == "mergekit":
+        return mergekit.slerp(a, b, t)
     return slerp(a, b, t, eps)
 
 
@@ -67,6 +74,7 @@ SLERP = MergeMethod(
     requires_base=False,
     min_models=2,
     max_models=2,
+    compat={"mergekit": Compat((mergekit.T_REQUIRED,))},
 )
 
 METHODS: tuple[MergeMethod, ...] = (SLERP,)

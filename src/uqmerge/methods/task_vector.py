@@ -14,12 +14,17 @@ Counting and tie rules, shared by every magnitude-based step so results are exac
 * entries of equal magnitude are ranked by flat (row-major) index: the lower index counts as larger;
 * random masks are drawn as ``torch.rand(..) < p`` on the generator's own device, then moved to the
   tensor's device, so the same generator state gives the same mask on any compute device; one draw per
-  entry in flat order, so a block of rows drawn after the rows before it continues the same stream.
+  entry in flat order, so a block of rows drawn after the rows before it continues the same stream;
+* TIES's sign is elected from votes Σ_i w_i·τ̂_i computed in float64 (each product rounded to float64, then
+  summed in model order), so a vote that is zero in decimal arithmetic, such as 1.0·0.0703125 + 0.8·(−0.087890625),
+  is exactly 0 and elects no sign, where fp32 arithmetic leaves a rounding residue (−1e-9) that elects one.
 
-Element-wise recipes (no sparsifier, or a random one continuing its model's generator) run block by block
-through the generic adapter of :mod:`uqmerge.methods.base`. Magnitude sparsifiers need their exact cuts over
-the whole tensor first: :class:`TaskVectorBlocks` runs the recipe on the executor's row blocks with
-:class:`MagnitudeBand` s, which find those cuts in statistics passes.
+Under ``semantics="mergekit"`` (``compat: mergekit``) the kernels follow mergekit 0.1.5 instead
+(:mod:`uqmerge.methods.mergekit` holds its parameter specs and sparsifiers): keep counts are ``int(density·n)``
+(floor) and a density ≥ 1 sparsifies nothing; an exact-zero vote elects +; ``normalize`` divides by the agreeing
+weights (sign consensus) or by Σ w (|Σ w| < 1e-8: by 1), with a zero divisor read as 1; ``rescale`` scales a
+sparsified τ to τ's L1 norm (unless either norm is below 1e-7) instead of dividing survivors by their
+keep-probability.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import torch
 from torch import Tensor
 
 from uqmerge.core.errors import ConfigError
-from uqmerge.methods.base import Param, RowBlock
+from uqmerge.methods.base import Param, RowBlock, Semantics
 from uqmerge.methods.magnitude import MagnitudeCut, MagnitudeSelector, magnitude_keys, select_magnitude_cuts
 
 Sparsifier = Callable[[Tensor], Tensor]
@@ -157,6 +162,27 @@ def _keep_magnitude_ranks(tensor: Tensor, skip: int, keep: int) -> Tensor:
     return keep_magnitude_band(tensor, keys, top, dropped)
 
 
+def keep_ranks(tensor: Tensor, skip: int, keep: int) -> Tensor:
+    """Zero all but the entries ranked ``skip .. skip + keep − 1`` by descending magnitude (ties: lower index)."""
+    if skip == 0 and keep >= tensor.numel():
+        return tensor.clone()
+    return _keep_magnitude_ranks(tensor, skip, keep)
+
+
+def l1_rescaled(
+    tensor: Tensor, sparsified: Tensor, *, before: float | None = None, after: float | None = None
+) -> Tensor:
+    """mergekit's ``rescale``: ``sparsified`` × ‖tensor‖₁/‖sparsified‖₁, or ``sparsified`` if either norm < 1e-7.
+
+    ``before`` and ``after`` are the two norms when known (a block of a tensor whose norms were summed first).
+    """
+    before = float(tensor.abs().sum(dtype=torch.float64)) if before is None else before
+    after = float(sparsified.abs().sum(dtype=torch.float64)) if after is None else after
+    if before < 1e-7 or after < 1e-7:
+        return sparsified
+    return sparsified * (before / after)
+
+
 def magnitude_prune(tensor: Tensor, density: float) -> Tensor:
     """Keep the ``k = clamp(floor(density·n + 0.5), 1, n)`` largest-magnitude entries, zero the rest.
 
@@ -193,15 +219,18 @@ def _uniform_like(tensor: Tensor, generator: torch.Generator) -> Tensor:
     return draws.to(tensor.device)
 
 
-def _bernoulli_keep_rescale(tensor: Tensor, keep_prob: Tensor | float, generator: torch.Generator) -> Tensor:
+def _bernoulli_keep_rescale(
+    tensor: Tensor, keep_prob: Tensor | float, generator: torch.Generator, *, divide: bool = True
+) -> Tensor:
     """Keep each entry with probability ``keep_prob`` and divide survivors by it (unbiased: E = tensor).
 
     Entry kept iff its draw u < p. For fp32 this is computed without a boolean ``where`` (slow on CPU): u − p is
     negative exactly when u < p, so its sign bit, spread over the word by an arithmetic shift, masks the bits
-    of the rescaled entry — the same result as ``torch.where(u < p, tensor / p, 0.0)``.
+    of the rescaled entry — the same result as ``torch.where(u < p, tensor / p, 0.0)``. With ``divide`` False
+    survivors keep their value (mergekit's mask before its ``rescale``).
     """
     draws = _uniform_like(tensor, generator)
-    rescaled = tensor / keep_prob
+    rescaled = tensor / keep_prob if divide else tensor
     if rescaled.dtype != torch.float32:
         return torch.where(draws < keep_prob, rescaled, 0.0)
     keep_bits = (draws - keep_prob).view(torch.int32).bitwise_right_shift_(31)
@@ -217,6 +246,11 @@ def random_prune(tensor: Tensor, density: float, generator: torch.Generator) -> 
     """
     assert 0.0 < density <= 1.0, density
     return _bernoulli_keep_rescale(tensor, density, generator)
+
+
+def random_mask(tensor: Tensor, keep_prob: Tensor | float, generator: torch.Generator) -> Tensor:
+    """Keep each entry with probability ``keep_prob`` (draws as :func:`random_prune`), survivors unscaled."""
+    return _bernoulli_keep_rescale(tensor, keep_prob, generator, divide=False)
 
 
 def della_keep_probabilities(tensor: Tensor, density: float, epsilon: float) -> Tensor:
@@ -266,17 +300,43 @@ def della_prune(tensor: Tensor, density: float, epsilon: float, generator: torch
     return _bernoulli_keep_rescale(tensor, della_keep_probabilities(tensor, density, epsilon), generator)
 
 
-def elect_sign(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
-    """TIES's elected sign γ = sgn(Σ_i w_i·τ̂_i) per entry; 0 where the weighted sum is exactly 0.
+def exact_votes(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Σ_i w_i·τ̂_i in float64: each product rounded to float64, then summed in model order (no fused multiply-add).
 
-    mergekit (``consensus_method: sum``) and peft (``majority_sign_method="total"``) elect + on an exact
-    tie; we elect nothing, so such an entry takes no update and the merge is odd (τ → −τ flips it).
-    peft elects on the unweighted τ̂_i; we weight the votes, as mergekit does.
+    A decimal weight's representation error (0.8 is stored as 0.8000000000000000444) is below the float64 rounding
+    of its product with an fp32 τ̂, so 0.8·(−0.087890625) is exactly −0.0703125 here, and the vote
+    1.0·0.0703125 + 0.8·(−0.087890625) is exactly 0; in fp32 with a fused multiply-add it is −1.05e-9.
     """
-    return torch.sign(weighted_sum(tensors, weights))
+    if not tensors or len(tensors) != len(weights):
+        raise ValueError(f"exact_votes needs one weight per tensor, got {len(tensors)} and {len(weights)}")
+    total = tensors[0].to(torch.float64) * weights[0]
+    for tensor, weight in zip(tensors[1:], weights[1:], strict=True):
+        total += tensor.to(torch.float64) * weight  # the product is rounded before the sum
+    return total
 
 
-def disjoint_merge(tensors: Sequence[Tensor], weights: Sequence[float], sign: Tensor) -> Tensor:
+def elect_sign(tensors: Sequence[Tensor], weights: Sequence[float], *, zero_vote: float = 0.0) -> Tensor:
+    """TIES's elected sign γ = sgn(Σ_i w_i·τ̂_i) per entry, from :func:`exact_votes`; ``zero_vote`` where it is 0.
+
+    uqmerge elects nothing on an exact tie (``zero_vote`` 0), so such an entry takes no update and the merge is
+    odd (τ → −τ flips it); mergekit (``consensus_method: sum``, ``zero_vote`` 1) and peft
+    (``majority_sign_method="total"``) elect +. peft elects on the unweighted τ̂_i; we weight the votes, as
+    mergekit does. The sign has the dtype of ``tensors``.
+    """
+    sign = torch.sign(exact_votes(tensors, weights))
+    if zero_vote:
+        sign = torch.where(sign == 0, zero_vote, sign)
+    return sign.to(tensors[0].dtype)
+
+
+def disjoint_merge(
+    tensors: Sequence[Tensor],
+    weights: Sequence[float],
+    sign: Tensor,
+    *,
+    normalize: bool = True,
+    semantics: Semantics = "uqmerge",
+) -> Tensor:
     """TIES's disjoint mean: Σ_{i∈A} w_i·τ̂_i / Σ_{i∈A} w_i over A = {i : sgn(w_i·τ̂_i) = γ ≠ 0}; 0 where A = ∅.
 
     Weights must be ≥ 0 (:data:`NONNEGATIVE_WEIGHT`). A zero weight or a pruned (zero) entry never
@@ -284,8 +344,11 @@ def disjoint_merge(tensors: Sequence[Tensor], weights: Sequence[float], sign: Te
     agreeing weights; peft divides by the number of agreeing models. Computed without boolean masks
     (they are slow on CPU): w·τ̂·γ > 0 exactly where model i agrees, so relu(w·τ̂·γ)·γ is w·τ̂ there and 0
     elsewhere; a NaN entry (only with non-finite inputs allowed) propagates instead of being ignored.
+
+    ``semantics="mergekit"``: weights may be negative (model i agrees where sgn(w_i·τ̂_i) = γ), a zero divisor
+    counts as 1, and ``normalize`` False returns the numerator Σ_{i∈A} w_i·τ̂_i undivided.
     """
-    assert all(weight >= 0 for weight in weights), weights
+    assert semantics == "mergekit" or all(weight >= 0 for weight in weights), weights
     numerator = torch.zeros_like(sign)
     divisor = torch.zeros_like(sign)
     for tensor, weight in zip(tensors, weights, strict=True):
@@ -295,8 +358,16 @@ def disjoint_merge(tensors: Sequence[Tensor], weights: Sequence[float], sign: Te
         agreeing = torch.relu(weighted * sign)  # |w·τ̂| where it agrees, else 0
         numerator.addcmul_(agreeing, sign)  # + w·τ̂ where it agrees (exact: |x|·sgn(x) = x)
         divisor.add_(torch.sign(agreeing), alpha=weight)  # + w where it agrees
+    if semantics == "mergekit":
+        return numerator / torch.where(divisor == 0, 1.0, divisor) if normalize else numerator
     # 0/0 (no agreeing model) is NaN: make it 0, keep infinities.
     return torch.nan_to_num_(numerator / divisor, nan=0.0, posinf=math.inf, neginf=-math.inf)
+
+
+def mergekit_sum_divisor(weights: Sequence[float]) -> float:
+    """mergekit's divisor of a normalised sum without sign consensus: Σ w, or 1 when |Σ w| < 1e-8."""
+    total = math.fsum(weights)
+    return 1.0 if abs(total) < 1e-8 else total
 
 
 def merge_task_vectors(
@@ -306,22 +377,31 @@ def merge_task_vectors(
     sparsifiers: Sequence[Sparsifier] | None = None,
     sign_consensus: bool = False,
     scale: float = 1.0,
+    normalize: bool | None = None,
+    semantics: Semantics = "uqmerge",
 ) -> Tensor:
     """The task-vector recipe: sparsify each τ_i (in model order), combine, scale by λ.
 
     ``sparsifiers[i]`` is applied to ``tensors[i]`` (None: no sparsification). With ``sign_consensus``
     the combination is :func:`elect_sign` + :func:`disjoint_merge` (normalised by the agreeing
     weights), else :func:`weighted_sum` (unnormalised, as task arithmetic). Returns λ·combined.
+    ``normalize`` None keeps those defaults; True/False (mergekit semantics) divides or not, a sum without
+    consensus by :func:`mergekit_sum_divisor`.
     """
     if len(tensors) != len(weights):
         raise ValueError(f"one weight per task vector needed, got {len(tensors)} and {len(weights)}")
     if sparsifiers is not None:
         tensors = [sparsify(tensor) for sparsify, tensor in zip(sparsifiers, tensors, strict=True)]
     if sign_consensus:
-        combined = disjoint_merge(tensors, weights, elect_sign(tensors, weights))
+        sign = elect_sign(tensors, weights, zero_vote=1.0 if semantics == "mergekit" else 0.0)
+        combined = disjoint_merge(
+            tensors, weights, sign, normalize=True if normalize is None else normalize, semantics=semantics
+        )
     else:
         combined = weighted_sum(tensors, weights)
-    return combined * scale
+        if normalize:
+            combined = combined / mergekit_sum_divisor(weights)
+    return combined if scale == 1.0 else combined * scale
 
 
 def merge_onto_base(
@@ -332,19 +412,28 @@ def merge_onto_base(
     sparsifiers: Sequence[Sparsifier] | None = None,
     sign_consensus: bool = False,
     scale: float = 1.0,
+    normalize: bool | None = None,
+    semantics: Semantics = "uqmerge",
 ) -> Tensor:
     """θ_0 + :func:`merge_task_vectors` (τ_1..τ_N): the body every task-vector method shares."""
     combined = merge_task_vectors(
-        task_vectors(base, models), weights, sparsifiers=sparsifiers, sign_consensus=sign_consensus, scale=scale
+        task_vectors(base, models),
+        weights,
+        sparsifiers=sparsifiers,
+        sign_consensus=sign_consensus,
+        scale=scale,
+        normalize=normalize,
+        semantics=semantics,
     )
     return base + combined
 
 
-def mean_pairwise_cosine(tensors: Sequence[Tensor]) -> Tensor:
+def mean_pairwise_cosine(tensors: Sequence[Tensor], *, semantics: Semantics = "uqmerge") -> Tensor:
     """Mean over pairs i < j of cos(τ_i, τ_j) on the flattened tensors, as a 0-D tensor.
 
     A pair involving an all-zero tensor has no angle and counts as cosine 0 (orthogonal); mergekit
-    reaches about the same by clamping the norm product at 1e-6. Needs at least two tensors.
+    reaches about the same by clamping the norm product at 1e-6, which ``semantics="mergekit"`` does
+    (and clamps each cosine into [−1, 1]). Needs at least two tensors.
     """
     if len(tensors) < 2:
         raise ValueError(f"mean_pairwise_cosine needs at least two tensors, got {len(tensors)}")
@@ -354,8 +443,11 @@ def mean_pairwise_cosine(tensors: Sequence[Tensor]) -> Tensor:
     for i in range(len(flat)):
         for j in range(i + 1, len(flat)):
             denominator = norms[i] * norms[j]
-            defined = denominator > 0
             dot = torch.dot(flat[i], flat[j])
+            if semantics == "mergekit":
+                cosines.append((dot / denominator.clamp(min=1e-6)).clamp(-1.0, 1.0))
+                continue
+            defined = denominator > 0
             cosines.append(torch.where(defined, dot / torch.where(defined, denominator, 1.0), 0.0))
     return torch.stack(cosines).mean()
 
@@ -382,12 +474,16 @@ class PairwiseCosineSums:
         for i, j in self.dots:
             self.dots[i, j] += float(torch.dot(flat[i], flat[j]))
 
-    def mean(self) -> float:
-        """Mean pairwise cosine; a pair with an all-zero tensor counts as 0, as in :func:`mean_pairwise_cosine`."""
+    def mean(self, *, semantics: Semantics = "uqmerge") -> float:
+        """Mean pairwise cosine; a pair with an all-zero tensor counts as 0, as in :func:`mean_pairwise_cosine`
+        (mergekit semantics: norm products clamped at 1e-6, cosines into [−1, 1])."""
         cosines = []
         for (i, j), dot in self.dots.items():
             denominator = math.sqrt(self.squares[i]) * math.sqrt(self.squares[j])
-            cosines.append(dot / denominator if denominator > 0 else 0.0)
+            if semantics == "mergekit":
+                cosines.append(min(1.0, max(-1.0, dot / max(denominator, 1e-6))))
+            else:
+                cosines.append(dot / denominator if denominator > 0 else 0.0)
         return math.fsum(cosines) / len(cosines)
 
 
@@ -441,6 +537,60 @@ class MagnitudeBand:
         return keep_magnitude_band(tau, magnitude_keys(tau), top, dropped, offset)
 
 
+class ElementwiseSparsifier:
+    """A sparsifier without statistics (DARE's, DELLA's random masks) as a :class:`BlockSparsifier`."""
+
+    needs_statistics = False
+
+    def __init__(self, sparsify: Sparsifier) -> None:
+        self.sparsify = sparsify
+
+    def observe(self, tau: Tensor, offset: int) -> None:
+        raise RuntimeError("an element-wise sparsifier has no statistics pass")
+
+    def end_pass(self) -> bool:
+        return False
+
+    def apply(self, tau: Tensor, offset: int) -> Tensor:
+        return self.sparsify(tau)
+
+
+class L1Rescaled:
+    """Blockwise :func:`l1_rescaled` of another :class:`BlockSparsifier`: its statistics passes, then one pass summing
+    ‖τ‖₁ and ‖sparsified τ‖₁ over the blocks; ``generator`` (a random sparsifier's) is rewound after that pass so
+    the merge draws what the norm pass drew."""
+
+    needs_statistics = True
+
+    def __init__(self, inner: BlockSparsifier, generator: torch.Generator | None = None) -> None:
+        self.inner = inner
+        self.generator = generator
+        self._state = None if generator is None else generator.get_state()
+        self._phase = "inner" if inner.needs_statistics else "norms"
+        self.before = 0.0
+        self.after = 0.0
+
+    def observe(self, tau: Tensor, offset: int) -> None:
+        if self._phase == "inner":
+            self.inner.observe(tau, offset)
+            return
+        self.before += float(tau.abs().sum(dtype=torch.float64))
+        self.after += float(self.inner.apply(tau, offset).abs().sum(dtype=torch.float64))
+
+    def end_pass(self) -> bool:
+        if self._phase == "inner":
+            if not self.inner.end_pass():
+                self._phase = "norms"
+            return True
+        if self.generator is not None and self._state is not None:
+            self.generator.set_state(self._state)
+        self._phase = "done"
+        return False
+
+    def apply(self, tau: Tensor, offset: int) -> Tensor:
+        return l1_rescaled(tau, self.inner.apply(tau, offset), before=self.before, after=self.after)
+
+
 class TaskVectorBlocks:
     """:func:`merge_task_vectors` as a block merger: θ_0 + λ·combine(sparsify_i(τ_i)), one block of rows at a time.
 
@@ -455,6 +605,8 @@ class TaskVectorBlocks:
         sparsifiers: Sequence[BlockSparsifier] | None = None,
         sign_consensus: bool = False,
         scale: float = 1.0,
+        normalize: bool | None = None,
+        semantics: Semantics = "uqmerge",
     ) -> None:
         if sparsifiers is not None and len(sparsifiers) != len(weights):
             raise ValueError(f"one sparsifier per task vector needed, got {len(sparsifiers)} and {len(weights)}")
@@ -462,6 +614,8 @@ class TaskVectorBlocks:
         self.sparsifiers = None if sparsifiers is None else list(sparsifiers)
         self.sign_consensus = sign_consensus
         self.scale = scale
+        self.normalize = normalize
+        self.semantics = semantics
         self._collecting = [(i, s) for i, s in enumerate(self.sparsifiers or []) if s.needs_statistics]
         self.needs_statistics = bool(self._collecting)
 
@@ -485,4 +639,6 @@ class TaskVectorBlocks:
             sparsifiers=sparsifiers,
             sign_consensus=self.sign_consensus,
             scale=self.scale,
+            normalize=self.normalize,
+            semantics=self.semantics,
         )
