@@ -99,7 +99,15 @@ def child_merge(
     from uqmerge.engine.merge import merge_to_dir
     from uqmerge.engine.recipe import parse_merge_config
 
-    cfg = {"merge_method": method, "base_model": base, "models": [{"model": e} for e in experts], "parameters": params}
+    # The synthetic checkpoint has LLaVA's names but not the shapes of a LlavaForConditionalGeneration config, so
+    # it is classified by the built-in name rules rather than derived from the class.
+    cfg = {
+        "merge_method": method,
+        "base_model": base,
+        "models": [{"model": e} for e in experts],
+        "parameters": params,
+        "layout": "llava",
+    }
     options = {} if max_block_bytes is None else {"max_block_bytes": max_block_bytes}
     report = merge_to_dir(parse_merge_config(cfg), out, force=True, quiet=True, **options)
     return {"bytes_read": report.bytes_read, "bytes_reread": report.bytes_reread, "blocked": report.blocked_tensors}

@@ -1,5 +1,5 @@
-"""Inputs that name the same parameters differently (legacy and transformers-5 keys), missing config.json, and
-tensors kept from the base that hold non-finite values."""
+"""Inputs that name the same parameters differently (legacy and transformers-5 keys), missing config.json, empty
+configs, and tensors kept from the base that hold non-finite values."""
 
 from __future__ import annotations
 
@@ -126,3 +126,13 @@ def test_the_config_json_of_an_input_is_what_names_its_architecture(llava_family
         merge_to_dir(
             parse_merge_config(_linear(llava_family["base"], [other], [1.0])), tmp_path / "out", quiet=True
         )
+
+
+def test_an_empty_config_file_says_that_it_is_empty(tmp_path):
+    from uqmerge.core.errors import ConfigError
+    from uqmerge.engine.recipe import load_merge_config
+
+    empty = tmp_path / "merge.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=rf"{empty}: the file is empty"):
+        load_merge_config(empty)

@@ -111,9 +111,15 @@ class Layout:
                 if self.derived is not None
                 else "match no rule"
             )
+            fix = (
+                "Check that config.json describes these weights, set `layout:` to a built-in layout "
+                f"({', '.join(layout_names())}) to classify by name rules, or add rules"
+                if self.derived is not None
+                else "Add rules"
+            )
             raise LayoutError(
                 f"layout {self.name!r}: {len(unclassified)} tensors {what}:\n  {shown}{more}\n"
-                "Add rules in the config, e.g. layout_rules: [{pattern: '^my_adapter\\.', component: projector}]"
+                f"{fix} in the config, e.g. layout_rules: [{{pattern: '^my_adapter\\.', component: projector}}]"
             )
         return result
 
