@@ -68,7 +68,9 @@ def uq_command(
     sample_ratio: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Fraction of each dataset to use (seeded).")
     ] = 1.0,
-    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Prompts per forward pass (speed and memory only; scores do not depend on it).")
+    ] = 8,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto (CUDA when available).")] = "auto",
     dtype: Annotated[
         str, typer.Option(help="auto (float32 on CPU, the checkpoint's dtype on CUDA), float32, bfloat16, float16.")

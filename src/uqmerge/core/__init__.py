@@ -1,1 +1,2 @@
-"""The toolbox every layer shares: errors, devices and dtypes, atomic writes, stable seeds, summary statistics."""
+"""The toolbox every layer shares: errors, devices and dtypes, atomic writes, stable seeds, summary statistics,
+prompt primitives and JSONL rows."""
