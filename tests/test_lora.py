@@ -430,3 +430,18 @@ def test_reset_then_a_single_candidate_gives_that_candidate_not_a_stale_mean(zoo
     for name, tensor in model.state_dict().items():
         expected = base_state[name] if ".vision_tower." in f".{name}" else want[name]
         torch.testing.assert_close(tensor, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_lora_output_without_peft_is_a_one_line_error_naming_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    from uqmerge.core.errors import ConfigError
+    from uqmerge.engine.lora_output import merge_lora_adapters
+    from uqmerge.engine.recipe import parse_merge_config
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    cfg = parse_merge_config({"merge_method": "linear", "models": [{"model": str(tmp_path)}], "lora_output": {}})
+    with pytest.raises(ConfigError, match=r"needs peft: pip install 'uqmerge\[lora\]'"):
+        merge_lora_adapters(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ in the plan's output dtype. The output loads with ``PeftModel.from_pretrained(ba
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -335,6 +336,8 @@ def merge_lora_adapters(
     """
     out_path = Path(out_dir)
     check_output_dir(out_path, force=force)
+    if importlib.util.find_spec("peft") is None:
+        raise ConfigError("lora_output: writing a peft adapter needs peft: pip install 'uqmerge[lora]'")
     plan = build_plan(config, allow_pickle=allow_pickle)
     out = plan_lora_output(plan, rank=rank)
     reads = InputReads(resolve_device(device), allow_nonfinite)
