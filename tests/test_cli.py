@@ -13,7 +13,7 @@ from uqmerge.cli import app
 from uqmerge.cli.common import parse_size
 from uqmerge.cli.zoo import PRESET_NAMES
 
-COMMANDS = ["merge", "methods", "demo", "run", "uq", "eval", "zoo"]
+COMMANDS = ["merge", "methods", "demo", "run", "search", "uq", "eval", "zoo"]
 
 
 def test_top_level_help_lists_every_command_in_order() -> None:
@@ -30,6 +30,7 @@ def test_top_level_help_lists_every_command_in_order() -> None:
         (["methods"], []),
         (["demo"], ["--workdir", "--preset", "--seed", "--quiet", "--verbose"]),
         (["run"], ["--resume", "--quiet", "--verbose"]),
+        (["search"], ["--resume", "--quiet", "--verbose"]),
         (["uq"], ["--data", "--mode", "--perturbations", "--sample-ratio", "--save-probs", "--no-cache", "--out"]),
         (["eval"], ["--data", "--device", "--batch-size", "--out", "--quiet"]),
         (["zoo", "build"], ["--preset", "--seed", "--force", "--quiet", "--workers"]),

@@ -41,6 +41,10 @@ def no_optional_modules(monkeypatch: pytest.MonkeyPatch) -> None:
             "uqmerge run needs the 'uq' and 'report' extras: pip install 'uqmerge[uq,report]'",
         ),
         (
+            ["search", "search.yaml", "out"],
+            "uqmerge search needs the 'uq' and 'report' extras: pip install 'uqmerge[uq,report]'",
+        ),
+        (
             ["demo"],
             "uqmerge demo needs the 'zoo', 'uq' and 'report' extras: pip install 'uqmerge[zoo,uq,report]'",
         ),
@@ -105,7 +109,9 @@ print("imported:", ",".join(m for m in heavy if m in sys.modules), file=sys.stde
 """
 
 
-@pytest.mark.parametrize("argv", [[], ["--help"], ["merge", "--help"], ["uq", "--help"], ["zoo", "build", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["--help"], ["merge", "--help"], ["uq", "--help"], ["search", "--help"], ["zoo", "build", "--help"]]
+)
 def test_the_cli_and_its_help_import_no_torch(argv: list[str]) -> None:
     probe = PROBE.format(heavy=HEAVY)
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)

@@ -5,15 +5,15 @@ code it runs (and with it torch, transformers or the zoo) inside its body, so ``
 ``uqmerge merge --help`` start quickly. Commands that need an optional extra say which one is missing.
 
 Commands: ``merge`` and ``methods`` (:mod:`.merge`), ``demo`` (:mod:`.demo`), ``run`` (:mod:`.run`),
-``uq`` (:mod:`.uq`), ``eval`` (:mod:`.eval`) and ``zoo build`` (:mod:`.zoo`); shared helpers in
-:mod:`.common`.
+``search`` (:mod:`.search`), ``uq`` (:mod:`.uq`), ``eval`` (:mod:`.eval`) and ``zoo build`` (:mod:`.zoo`); shared
+helpers in :mod:`.common`.
 """
 
 from __future__ import annotations
 
 import typer
 
-from uqmerge.cli import demo, merge, run, uq, zoo
+from uqmerge.cli import demo, merge, run, search, uq, zoo
 from uqmerge.cli import eval as eval_
 from uqmerge.cli.common import reporting_errors
 
@@ -28,6 +28,7 @@ app.command()(merge.merge)
 app.command()(merge.methods)
 app.command()(demo.demo)
 app.command()(run.run)
+app.command()(search.search)
 app.command("uq")(reporting_errors(uq.uq_command))
 app.command("eval")(reporting_errors(eval_.eval_command))
 

@@ -29,4 +29,4 @@ def run(
     except UQMergeError as e:
         raise fail(e) from None
     if not quiet:
-        err_console.print(f"selected {record['selected']}; report: {out_dir / 'report.md'}")
+        err_console.print(f"selected {record.selected}; report: {out_dir / 'report.md'}")

@@ -23,7 +23,9 @@ class IncrementalMerger:
     """Keeps one model in memory and sets it to Merge(prefix) for successive candidate prefixes.
 
     ``merge_config(prefix)`` gives the merge config of a prefix of candidate ids (for a run,
-    :meth:`uqmerge.pipeline.config.RunConfig.merge_config`); an unknown id is its KeyError.
+    :meth:`uqmerge.pipeline.config.RunConfig.merge_config`); an unknown id is its KeyError. Without it, only
+    :meth:`set_config` is available: the model set to Merge(config) for any merge config of the same base
+    (a coefficient search moves one parameter of one merge).
 
     For ``linear`` a prefix that extends the previous one by a candidate updates a weighted running mean
     θ_t = θ_{t−1} + (w_t / W_t)(θ_new − θ_{t−1}), W_t = Σ_{i≤t} w_i, reading only the new candidate's
@@ -35,7 +37,7 @@ class IncrementalMerger:
     def __init__(
         self,
         model: nn.Module,
-        merge_config: Callable[[Sequence[str]], MergeConfig],
+        merge_config: Callable[[Sequence[str]], MergeConfig] | None = None,
         *,
         device: str = "cpu",
         low_memory: bool = False,
@@ -50,6 +52,7 @@ class IncrementalMerger:
         self._acc: dict[str, torch.Tensor] = {}
         self._weight_total = 0.0
         self._sink: ModelSink | None = None
+        self._detached = False  # the model holds a set_config merge, not Merge(self.prefix)
         self.bytes_read = 0
 
     @classmethod
@@ -73,6 +76,8 @@ class IncrementalMerger:
         return cls(model, merge_config, **options)
 
     def _plan(self, prefix: Sequence[str]) -> MergePlan:
+        if self.merge_config is None:
+            raise TypeError("this IncrementalMerger has no merge_config for prefixes; use set_config")
         return build_plan(self.merge_config(prefix))
 
     def _sink_for(self, plan: MergePlan) -> ModelSink:
@@ -85,6 +90,25 @@ class IncrementalMerger:
         self.prefix = []
         self._acc.clear()
         self._weight_total = 0.0
+        self._detached = False
+
+    def _execute(self, plan: MergePlan) -> None:
+        """Re-merge every tensor of ``plan`` into the model (the running mean is forgotten)."""
+        report = execute_plan(
+            plan, self._sink_for(plan), device=self.device, allow_nonfinite=self.allow_nonfinite, quiet=True
+        )
+        self.bytes_read += report.bytes_read
+        self._acc.clear()
+        self._weight_total = 0.0
+
+    def set_config(self, config: MergeConfig) -> None:
+        """Make the resident model equal Merge(config): a full re-merge of any merge config of the same base.
+
+        Nothing is written to disk; a later :meth:`set_prefix` re-merges its prefix in full.
+        """
+        self._execute(build_plan(config))
+        self.prefix = []
+        self._detached = True
 
     def set_prefix(self, prefix: Sequence[str]) -> None:
         """Make the resident model equal Merge(prefix)."""
@@ -93,17 +117,15 @@ class IncrementalMerger:
         # The running mean is uqmerge's linear; mergekit's may be an unnormalised sum that includes the base.
         top = plan.methods["*"]
         linear = top is not None and top.method.name == "linear" and top.arguments.semantics == "uqmerge"
-        if linear and prefix[:-1] == self.prefix and self._only_linear_or_keep(plan):
+        extends = not self._detached and prefix[:-1] == self.prefix
+        if linear and extends and self._only_linear_or_keep(plan):
             self._running_mean_step(plan, prefix[-1])
         else:
-            sink = self._sink_for(plan)
-            report = execute_plan(plan, sink, device=self.device, allow_nonfinite=self.allow_nonfinite, quiet=True)
-            self.bytes_read += report.bytes_read
-            self._acc.clear()
-            self._weight_total = 0.0
+            self._execute(plan)
             if linear and self._only_linear_or_keep(plan):
                 self._seed_accumulator(plan)
         self.prefix = prefix
+        self._detached = False
 
     @staticmethod
     def _only_linear_or_keep(plan: MergePlan) -> bool:

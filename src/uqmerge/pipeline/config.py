@@ -1,4 +1,4 @@
-"""The `uqmerge run` YAML: base, candidates, merge settings, UQ settings and data, selection, baselines."""
+"""The `uqmerge run` YAML: base, candidates, merge settings, UQ settings and data, selection, baselines, search."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from uqmerge.core.errors import ConfigError
 from uqmerge.engine.recipe import (
     MergeConfig,
     MergeRecipe,
@@ -16,6 +17,7 @@ from uqmerge.engine.recipe import (
     read_yaml,
     validate_config,
 )
+from uqmerge.pipeline.search_config import SearchSettings, check_search, with_parameter
 from uqmerge.selection import RUN_GUIDANCES
 from uqmerge.uq.config import UQConfig, UQMode
 
@@ -80,6 +82,7 @@ class RunConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     low_memory: bool = False
     max_shard_size: int = Field(5 * 1000**3, gt=0)
+    search: SearchSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -119,13 +122,35 @@ class RunConfig(_Strict):
             raise ValueError("selection.guidance cp_set_size needs uq.mode: cp")
         if self.merge.lora_output is not None:
             raise ValueError("merge.lora_output is not available in a run (it merges into one resident model)")
+        if self.search is not None:
+            self._check_search(self.search)
         return self
 
-    def merge_config(self, candidate_ids: Sequence[str]) -> MergeConfig:
-        """The merge config of Merge(these candidates): the run's recipe, its base and their entries."""
+    def _check_search(self, search: SearchSettings) -> None:
+        """The search's parameter and grid bind for a merge of the candidates (as many as the method takes)."""
+        from uqmerge.methods import get_method
+
+        try:
+            method = get_method(self.merge.merge_method)
+        except ConfigError as e:
+            raise ValueError(f"merge.merge_method: {e}") from None
+        n = min(len(self.candidates), method.max_models or len(self.candidates))
+        entries = [ModelEntry(model=c.model, parameters=c.parameters) for c in self.candidates]
+        try:
+            check_search(self.merge, self.base_model, entries, search, models_key="candidates", bind_models=n)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+
+    def merge_config(self, candidate_ids: Sequence[str], search_value: float | None = None) -> MergeConfig:
+        """The merge config of Merge(these candidates): the run's recipe, its base and their entries; with
+        ``search_value``, the ``search.parameter`` set to it."""
         by_id = {c.id: c for c in self.candidates}
         entries = [ModelEntry(model=by_id[c].model, parameters=by_id[c].parameters) for c in candidate_ids]
-        return self.merge.for_models(self.base_model, entries)
+        if search_value is None:
+            return self.merge.for_models(self.base_model, entries)
+        if self.search is None:
+            raise ConfigError("a search value was given to a run config without a `search:` block")
+        return with_parameter(self.merge, self.base_model, entries, self.search.parameter, search_value)
 
 
 def parse_run_config(data: dict[str, Any], *, source: str = "run config") -> RunConfig:

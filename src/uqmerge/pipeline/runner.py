@@ -1,8 +1,8 @@
-"""`uqmerge run`: Algorithm 1 with one resident model, guidance ablations, baselines, resume and a report."""
+"""`uqmerge run`: Algorithm 1 with one resident model, guidance ablations, baselines, an optional coefficient
+search over the selected merge, resume and a report."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -18,7 +18,15 @@ from uqmerge.core.files import atomic_write_text
 from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.pipeline.config import RunConfig
-from uqmerge.report.records import BaselineRecord, CandidateRecord, CandidateScore, RunRecord, StepRecord
+from uqmerge.pipeline.digest import config_digest
+from uqmerge.report.records import (
+    BaselineRecord,
+    CandidateRecord,
+    CandidateScore,
+    RunRecord,
+    SearchRecord,
+    StepRecord,
+)
 from uqmerge.selection import (
     RUN_GUIDANCES,
     SelectionResult,
@@ -36,11 +44,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 MODEL_DIR = "model"
-
-
-def config_digest(config: RunConfig) -> str:
-    """A digest of everything that determines the run's numbers (resume refuses a changed config)."""
-    return hashlib.sha256(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+SEARCH_FILE = "search.json"
 
 
 @dataclass
@@ -254,11 +258,42 @@ class UQMergeRun:
             self.state.save(self.run_dir)
         return self.state.baselines
 
-    def write_model(self, selected: list[str]) -> Path:
-        """Write Merge(selected) to ``run_dir/model`` with the streaming disk engine (atomic)."""
+    def search_coefficient(self, selected: list[str]) -> SearchRecord | None:
+        """The ``search:`` block over Merge(selected): each grid value merged into the resident model and scored;
+        ``search.json`` is saved after every point (and continued on resume). None without a ``search:`` block."""
+        from uqmerge.pipeline.search import CoefficientSearch
+        from uqmerge.pipeline.search_inputs import load_search_inputs
+
+        s = self.config.search
+        if s is None:
+            return None
+        path = self.run_dir / SEARCH_FILE
+        previous = SearchRecord.read(path) if path.exists() else None
+        if previous is not None and previous.complete and previous.digest == self.state.digest:
+            log.info("coefficient search already complete: %s = %g", s.parameter, previous.chosen_value)
+            return previous
+        inputs = load_search_inputs(s.data or self.config.uq.data, sample=s.sample, seed=s.seed)
+        search = CoefficientSearch(
+            s,
+            lambda value: self.config.merge_config(selected, value),
+            self.merger,
+            self.processor,
+            inputs,
+            self.uq_config,
+            path,
+            digest=self.state.digest,
+            config={"models": selected, **s.model_dump(mode="json")},
+            previous=previous,
+            quiet=self.quiet,
+        )
+        return search.run()
+
+    def write_model(self, selected: list[str], search_value: float | None = None) -> Path:
+        """Write Merge(selected) (at the search's chosen value, if any) to ``run_dir/model`` with the streaming disk
+        engine (atomic)."""
         out = self.run_dir / MODEL_DIR
         merge_to_dir(
-            self.config.merge_config(selected),
+            self.config.merge_config(selected, search_value),
             out,
             force=True,
             quiet=True,
@@ -287,8 +322,12 @@ def run_uq_merge(
     selected = list(result.selected)
     stage("baselines")
     baselines = run.baselines(len(selected))
+    search = None
+    if config.search is not None:
+        stage(f"coefficient search over {config.search.parameter}")
+        search = run.search_coefficient(selected)
     stage("writing the selected model")
-    model_dir = run.write_model(selected)
+    model_dir = run.write_model(selected, search.chosen_value if search is not None else None)
     record = RunRecord(
         config=config.model_dump(mode="json"),
         candidates={
@@ -300,6 +339,7 @@ def run_uq_merge(
         baselines=baselines,
         model_dir=str(model_dir),
         merge_bytes_read=run.merge_bytes_read,
+        search=search,
         wall_s=time.perf_counter() - started,
     )
     atomic_write_text(Path(run_dir) / "selected.json", json.dumps(selected) + "\n")

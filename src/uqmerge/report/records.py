@@ -1,4 +1,4 @@
-"""Typed run records: what `uqmerge run` saves as ``run.json`` and what the demo, reports and experiments read."""
+"""Typed run records: `uqmerge run`'s ``run.json``, `uqmerge search`'s ``search.json``, and what reports read."""
 
 from __future__ import annotations
 
@@ -62,8 +62,62 @@ class BaselineRecord(_Record):
     uncertainty: float
 
 
+class SearchPoint(_Record):
+    """One grid point of a coefficient search: its value, its criterion score and what was measured there.
+
+    ``score`` is None where the criterion gives the point none (a consistency end point, or an interior point
+    whose neighbours are not measured yet); ``responses`` (one per input, in input order) are kept for
+    consistency; ``merge_s`` is None until the point is measured.
+    """
+
+    value: float
+    score: float | None = None
+    responses: list[str] | None = None
+    uncertainty: float | None = None
+    accuracy: float | None = None
+    merge_s: float | None = None
+    eval_s: float | None = None
+
+
+class SearchRecord(_Record):
+    """A coefficient search (``search.json``, rewritten after every point): the grid, the scores, the choice.
+
+    ``chosen_index``/``chosen_value`` are None until every point is scored. ``inputs`` names the sampled inputs
+    (``dataset/id``) that the responses follow; ``digest`` identifies the config (resume refuses another).
+    """
+
+    parameter: str
+    criterion: str
+    compare: str | None = None
+    grid: list[float]
+    inputs: list[str]
+    points: list[SearchPoint]
+    chosen_index: int | None = None
+    chosen_value: float | None = None
+    digest: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    model_dir: str | None = None
+    wall_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        """Every grid point measured and the choice made."""
+        return self.chosen_index is not None
+
+    def to_json(self) -> str:
+        """Indented JSON with a final newline."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: str | Path) -> SearchRecord:
+        """Load ``search.json`` (a run directory or the file itself)."""
+        p = Path(path)
+        p = p / "search.json" if p.is_dir() else p
+        return cls.model_validate_json(p.read_text())
+
+
 class RunRecord(_Record):
-    """A finished run (``run.json``)."""
+    """A finished run (``run.json``); ``search`` holds the coefficient search of a run with a ``search:`` block."""
 
     config: dict[str, Any]
     candidates: dict[str, CandidateRecord]
@@ -73,6 +127,7 @@ class RunRecord(_Record):
     baselines: dict[str, BaselineRecord] = Field(default_factory=dict)
     model_dir: str
     merge_bytes_read: int = 0
+    search: SearchRecord | None = None
     wall_s: float = 0.0
 
     @property

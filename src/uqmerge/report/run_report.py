@@ -7,6 +7,8 @@ from pathlib import Path
 
 from uqmerge.core.files import atomic_write_text
 from uqmerge.report.records import RunRecord
+from uqmerge.report.search_report import PLOT_FILE as SEARCH_PLOT_FILE
+from uqmerge.report.search_report import plot_search, search_html, search_markdown
 from uqmerge.report.tables import markdown_table
 
 PLOT_FILE = "uncertainty_steps.png"
@@ -70,8 +72,11 @@ def explain(record: RunRecord) -> str:
 
 
 def write_run_report(record: RunRecord, run_dir: Path) -> None:
-    """Write ``uncertainty_steps.png``, ``report.md`` and ``report.html`` into ``run_dir``."""
+    """Write ``uncertainty_steps.png``, ``report.md`` and ``report.html`` into ``run_dir`` (and, after a coefficient
+    search, ``search_scores.png`` and its section)."""
     plot_steps(record, run_dir / PLOT_FILE)
+    if record.search is not None:
+        plot_search(record.search, run_dir / SEARCH_PLOT_FILE)
     header = ["step", "models merged", record.selection.measure or "value", "merge s / UQ s", ""]
     rows = _rows(record)
     candidate_rows = [
@@ -99,6 +104,8 @@ def write_run_report(record: RunRecord, run_dir: Path) -> None:
     ]
     if baseline_rows:
         md += ["## Baselines", "", markdown_table(["baseline", "models", "uncertainty"], baseline_rows), ""]
+    if record.search is not None:
+        md += search_markdown(record.search, heading="##")
     md.append(f"Merged model: `{record.model_dir}`. Full record: `run.json`.")
     atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n")
 
@@ -114,5 +121,6 @@ table{{border-collapse:collapse}}</style></head><body>
 <p>{html.escape(explain(record))}</p><h2>Steps</h2>{table(header, rows)}
 <p><img src="{PLOT_FILE}" alt="uncertainty per step"></p>
 {"<h2>Baselines</h2>" + table(["baseline", "models", "uncertainty"], baseline_rows) if baseline_rows else ""}
+{search_html(record.search) if record.search is not None else ""}
 </body></html>"""
     atomic_write_text(run_dir / "report.html", page)
