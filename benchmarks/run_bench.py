@@ -37,7 +37,7 @@ def main() -> None:
     from uqmerge.checkpoint.synthetic import make_fake_finetune
     from uqmerge.engine.incremental import IncrementalMerger
     from uqmerge.engine.merge import merge_to_dir
-    from uqmerge.engine.recipe import MergeRecipe, parse_merge_config
+    from uqmerge.engine.recipe import MergeRecipe, ModelEntry
     from uqmerge.tiny import build_tiny_llava
 
     torch.set_num_threads(2)
@@ -66,9 +66,9 @@ def main() -> None:
     out_root = root / "prefixes"
     start = time.perf_counter()
     for t in range(1, len(ids) + 1):
-        cfg = {**merge, "base_model": str(base), "models": [{"model": str(paths[c])} for c in ids[:t]]}
+        cfg = merge.for_models(str(base), [ModelEntry(model=str(paths[c])) for c in ids[:t]])
         out = out_root / f"prefix{t}"
-        report = merge_to_dir(parse_merge_config(cfg), out, force=True, quiet=True)
+        report = merge_to_dir(cfg, out, force=True, quiet=True)
         disk["read"] += report.bytes_read
         disk["written"] += dir_bytes(out)
         LlavaForConditionalGeneration.from_pretrained(out)
