@@ -174,8 +174,11 @@ def write_table(
     out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     wall = None if started is None else round(time.perf_counter() - started, 1)
+    from uqmerge import __version__
+
     meta = {
         "table": table_id,
+        "uqmerge_version": __version__,
         "title": title,
         "command": command,
         "zoo": {

@@ -19,7 +19,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "experiments" / "results"
-ORDER = ("zoo", "phrasing", "table1", "table2", "table3", "table5", "table6", "table7", "table8", "table9")
+ORDER = (
+    "zoo",
+    "phrasing",
+    "table1",
+    "table2",
+    "table3",
+    "table5",
+    "table6",
+    "table7",
+    "table8",
+    "table9",
+    "table_search",
+)
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 NO_UQ = ("zoo", "phrasing")
 """Tables whose figures involve no UQ (accuracy only)."""
