@@ -31,6 +31,7 @@ ORDER = (
     "table8",
     "table9",
     "table_search",
+    "table_search_seeds",
 )
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
 NO_UQ = ("zoo", "phrasing")

@@ -8,7 +8,10 @@ also evaluated on the held-out open-ended sets; the oracle is the grid point wit
 experts, λ on the OptMerge grid; and α of the base's interpolation with each single specialist
 (base + α·(specialist − base), AdaMMS's two-model setting). Every other parameter is at its registry default.
 
-    python experiments/table_search.py [--preset default] [--seed 0] [--sample 100]
+With ``--headline-seeds 1 2`` it also writes ``table_search_seeds``: the four λ settings on those zoo seeds too
+(the chosen λ per seed and the mean gap to the oracle).
+
+    python experiments/table_search.py [--preset default] [--seed 0] [--sample 100] [--headline-seeds 1 2]
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def settings(z: Any) -> list[dict[str, Any]]:
 def search(root: Path, z: Any, setting: dict[str, Any], criterion: str, sample: int) -> SearchRecord:
     """`uqmerge search` for one setting and criterion under ``root/search``, reused when already complete."""
     from uqmerge.evaluate.merge_eval import zoo_eval_specs
+    from uqmerge.pipeline.digest import config_digest
     from uqmerge.pipeline.search import run_search
     from uqmerge.pipeline.search_config import parse_search_config
 
@@ -70,7 +74,7 @@ def search(root: Path, z: Any, setting: dict[str, Any], criterion: str, sample: 
     done = run_dir / "search.json"
     if done.exists() and stamp.exists() and stamp.read_text() == zoo_build:
         record = SearchRecord.read(done)
-        if record.chosen_index is not None:
+        if record.chosen_index is not None and record.digest == config_digest(config):
             log.info("search %s %s: reusing %s", setting["name"], criterion, done)
             return record
     if run_dir.exists():
@@ -89,27 +93,80 @@ def held_out(z: Any, setting: dict[str, Any]) -> list[float]:
     return [z.evaluator(setting["ids"], m)["open_mean"] for m in merges]
 
 
+def evaluate_setting(root: Path, z: Any, setting: dict[str, Any], sample: int) -> dict[str, Any]:
+    """Held-out exact match over the grid, the oracle, and each criterion's choice with its gap."""
+    grid = list(setting["grid"])
+    em = held_out(z, setting)
+    oracle = max(range(len(grid)), key=lambda j: (em[j], -j))
+    entry: dict[str, Any] = {"grid": grid, "held_out": em, "oracle_index": oracle, "criteria": {}}
+    for criterion in CRITERIA:
+        record = search(root, z, setting, criterion, sample)
+        j = record.chosen_index
+        entry["criteria"][criterion] = {
+            "chosen_index": j,
+            "chosen_value": record.chosen_value,
+            "scores": [p.score for p in record.points],
+            "held_in_accuracy": [p.accuracy for p in record.points],
+            "held_out": em[j],
+            "gap": em[oracle] - em[j],
+        }
+    return entry
+
+
+def headline_table(args: Any, seeds: list[int]) -> None:
+    """The four λ settings on several zoo seeds: chosen λ per seed and the mean gap per criterion."""
+    started = time.perf_counter()
+    per_seed = {}
+    for seed in seeds:
+        z = zoo(args.root, args.preset, seed)
+        per_seed[seed] = {
+            s["name"]: evaluate_setting(args.root, z, s, args.sample)
+            for s in settings(z)
+            if not s["name"].startswith("alpha")
+        }
+    rows = []
+    for name in per_seed[seeds[0]]:
+        for criterion in CRITERIA:
+            picks = [per_seed[s][name]["criteria"][criterion] for s in seeds]
+            oracles = [per_seed[s][name]["grid"][per_seed[s][name]["oracle_index"]] for s in seeds]
+            gaps = [p["gap"] for p in picks]
+            rows.append(
+                [
+                    name,
+                    criterion,
+                    " / ".join(f"{p['chosen_value']:g}" for p in picks),
+                    " / ".join(f"{o:g}" for o in oracles),
+                    f"{100 * sum(gaps) / len(gaps):.1f}",
+                ]
+            )
+    write_table(
+        args.out,
+        "table_search_seeds",
+        "Coefficient search on several zoo seeds — chosen λ vs the held-out oracle",
+        z,
+        ["merge", "criterion", "chosen λ (per seed)", "oracle λ (per seed)", "mean gap (points)"],
+        rows,
+        {str(s): v for s, v in per_seed.items()},
+        notes=f"As the single-seed table, on zoo seeds {', '.join(map(str, seeds))}.",
+        started=started,
+        zoo_seeds=seeds,
+    )
+
+
 def main() -> None:
-    args = parse_args(__doc__, lambda p: p.add_argument("--sample", type=int, default=100))
+    def extra(p: Any) -> None:
+        p.add_argument("--sample", type=int, default=100)
+        p.add_argument("--headline-seeds", type=int, nargs="*", default=[])
+
+    args = parse_args(__doc__, extra)
     started = time.perf_counter()
     z = zoo(args.root, args.preset, args.seed)
     rows, data = [], {}
     for setting in settings(z):
-        grid = list(setting["grid"])
-        em = held_out(z, setting)
-        oracle = max(range(len(grid)), key=lambda j: (em[j], -j))
-        entry: dict[str, Any] = {"grid": grid, "held_out": em, "oracle_index": oracle, "criteria": {}}
+        entry = evaluate_setting(args.root, z, setting, args.sample)
+        grid, em, oracle = entry["grid"], entry["held_out"], entry["oracle_index"]
         for criterion in CRITERIA:
-            record = search(args.root, z, setting, criterion, args.sample)
-            j = record.chosen_index
-            entry["criteria"][criterion] = {
-                "chosen_index": j,
-                "chosen_value": record.chosen_value,
-                "scores": [p.score for p in record.points],
-                "held_in_accuracy": [p.accuracy for p in record.points],
-                "held_out": em[j],
-                "gap": em[oracle] - em[j],
-            }
+            j = entry["criteria"][criterion]["chosen_index"]
             rows.append(
                 [
                     setting["name"],
@@ -142,6 +199,8 @@ def main() -> None:
         ),
         started=started,
     )
+    if args.headline_seeds:
+        headline_table(args, [args.seed, *[s for s in args.headline_seeds if s != args.seed]])
 
 
 if __name__ == "__main__":
