@@ -1,8 +1,9 @@
 """Coefficient search (toy scale): does a label-free criterion choose λ (or α) near the held-out oracle?
 
 For each merge setting, `uqmerge search` runs over the grid with each criterion on the held-in inputs:
-consistency (AdaMMS, exact match of greedy responses), uncertainty (UQ-Merge's `vl` measure) and accuracy
-(labelled held-in MC accuracy: a labelled validation set, as the OptMerge benchmark uses). Every grid point is
+consistency (AdaMMS: exact match of greedy responses, and with `compare: embedding`), uncertainty (UQ-Merge's
+`vl` measure) and accuracy (labelled held-in MC accuracy: a labelled validation set, as the OptMerge benchmark
+uses). Every grid point is
 also evaluated on the held-out open-ended sets; the oracle is the grid point with the best held-out exact match
 (ties to the smaller value). Settings: task arithmetic and TIES over the five specialists and over all nine
 experts, λ on the OptMerge grid; and α of the base's interpolation with each single specialist
@@ -29,7 +30,8 @@ from uqmerge.report.tables import pct
 
 OPTMERGE_GRID = (0.1, 0.3, 0.5, 0.7, 1.0, 1.5)
 ALPHA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-CRITERIA = ("consistency", "uncertainty", "accuracy")
+CRITERIA = ("consistency", "consistency-embedding", "uncertainty", "accuracy")
+"""Table rows per setting; ``consistency-embedding`` is consistency with ``compare: embedding`` (all-MiniLM-L6-v2)."""
 
 
 def settings(z: Any) -> list[dict[str, Any]]:
@@ -59,7 +61,8 @@ def search(root: Path, z: Any, setting: dict[str, Any], criterion: str, sample: 
         "search": {
             "parameter": "lambda",
             "grid": list(setting["grid"]),
-            "criterion": criterion,
+            "criterion": criterion.split("-")[0],
+            **({"consistency": {"compare": "embedding"}} if criterion == "consistency-embedding" else {}),
             "data": zoo_eval_specs(z.manifest, z.path)["held_in"],
             "sample": sample,
             "seed": 0,
@@ -194,8 +197,8 @@ def main() -> None:
         {"settings": data, "summary": summary, "ids": {s["name"]: short(s["ids"]) for s in settings(z)}},
         notes=(
             f"Criteria on {args.sample} held-in inputs drawn with seed 0 (consistency: greedy responses, exact "
-            "match; uncertainty: `vl`, J = 4; accuracy: labelled held-in MC). The oracle is the best held-out exact "
-            f"match on the grid. {summary}."
+            "match, or 1 − cosine of all-MiniLM-L6-v2 embeddings; uncertainty: `vl`, J = 4; accuracy: labelled "
+            f"held-in MC). The oracle is the best held-out exact match on the grid. {summary}."
         ),
         started=started,
     )
