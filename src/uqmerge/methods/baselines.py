@@ -233,19 +233,34 @@ def dare_ties(
     its semantics here follow, with the L1 ``rescale`` of :func:`dare_linear`.
     """
     if semantics == "mergekit":
-        sparsifiers = mergekit.random_sparsifiers(densities, None, generators, rescale=rescale)
-        return merge_onto_base(
-            base,
-            models,
-            weights,
-            sparsifiers=sparsifiers,
-            sign_consensus=True,
-            scale=lam,
-            normalize=normalize,
-            semantics=semantics,
-        )
+        return _mergekit_random_ties(base, models, weights, densities, None, generators, lam, normalize, rescale)
     sparsifiers = _dare_sparsifiers(densities, generators)
     return merge_onto_base(base, models, weights, sparsifiers=sparsifiers, sign_consensus=True, scale=lam)
+
+
+def _mergekit_random_ties(
+    base: Tensor,
+    models: Sequence[Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    epsilons: Sequence[float] | None,
+    generators: Sequence[torch.Generator],
+    lam: float,
+    normalize: bool,
+    rescale: bool,
+) -> Tensor:
+    """mergekit's DARE-TIES (``epsilons`` None) or DELLA: its random sparsifiers, then the TIES election."""
+    sparsifiers = mergekit.random_sparsifiers(densities, epsilons, generators, rescale=rescale)
+    return merge_onto_base(
+        base,
+        models,
+        weights,
+        sparsifiers=sparsifiers,
+        sign_consensus=True,
+        scale=lam,
+        normalize=normalize,
+        semantics="mergekit",
+    )
 
 
 def _check_della(arguments: Arguments) -> None:
@@ -281,17 +296,7 @@ def della(
     """
     if semantics == "mergekit":
         assert epsilons is not None
-        sparsifiers = mergekit.random_sparsifiers(densities, epsilons, generators, rescale=rescale)
-        return merge_onto_base(
-            base,
-            models,
-            weights,
-            sparsifiers=sparsifiers,
-            sign_consensus=True,
-            scale=lam,
-            normalize=normalize,
-            semantics=semantics,
-        )
+        return _mergekit_random_ties(base, models, weights, densities, epsilons, generators, lam, normalize, rescale)
     sparsifiers = [
         partial(della_prune, density=d, epsilon=epsilon, generator=g)
         for d, g in zip(densities, generators, strict=True)
