@@ -3,8 +3,8 @@
 Under each table's title it adds the line that dates it: the zoo version (from ``<table>.json``), the date of
 its figures (the last commit of ``<table>.json``; its modification date when it has uncommitted changes or git
 is unavailable) and how its UQ draws were keyed (per (seed, item, draw) from uqmerge 0.2.0, batch-keyed
-dropout draws before; a table's JSON without ``uqmerge_version`` predates 0.2.0; the zoo facts and the
-phrasing check involve no UQ).
+dropout draws before; a table's JSON without ``uqmerge_version`` predates 0.2.0; the zoo facts, the
+phrasing check and the AdaMMS table involve no UQ).
 
 python experiments/make_results_doc.py
 """
@@ -32,10 +32,11 @@ ORDER = (
     "table9",
     "table_search",
     "table_search_seeds",
+    "table_adamms",
 )
 BEGIN, END = "<!-- tables:begin -->", "<!-- tables:end -->"
-NO_UQ = ("zoo", "phrasing")
-"""Tables whose figures involve no UQ (accuracy only)."""
+NO_UQ = ("zoo", "phrasing", "table_adamms")
+"""Tables whose figures involve no UQ (accuracy, and consistency of greedy responses, only)."""
 PER_DRAW_KEYS_SINCE = (0, 2, 0)
 """The uqmerge version from which UQ draws are keyed per (seed, item, draw)."""
 

@@ -32,7 +32,8 @@ def test_top_level_help_lists_every_command_in_order() -> None:
         (["run"], ["--resume", "--quiet", "--verbose"]),
         (["search"], ["--resume", "--quiet", "--verbose"]),
         (["uq"], ["--data", "--mode", "--perturbations", "--sample-ratio", "--save-probs", "--no-cache", "--out"]),
-        (["eval"], ["--data", "--device", "--batch-size", "--out", "--quiet"]),
+        (["eval"], ["--data", "--lmms-eval", "--lmms-eval-include", "--limit", "--device", "--batch-size", "--out"]),
+        (["zoo", "export-lmms-eval"], ["--force", "--quiet"]),
         (["zoo", "build"], ["--preset", "--seed", "--force", "--quiet", "--workers"]),
     ],
 )

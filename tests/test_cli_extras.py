@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -16,7 +17,7 @@ from uqmerge.cli.common import EXTRA_MODULES, missing_extras, require_extra
 OPTIONAL_MODULES = {m for mods in EXTRA_MODULES.values() for m in mods}
 
 # The distribution that provides each module of EXTRA_MODULES (where the names differ).
-DISTRIBUTION = {"PIL": "pillow"}
+DISTRIBUTION = {"PIL": "pillow", "lmms_eval": "lmms-eval"}
 
 
 @pytest.fixture
@@ -86,8 +87,20 @@ def test_the_dev_environment_has_every_extra() -> None:
 def test_extra_modules_match_the_extras_of_pyproject() -> None:
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
+
+    def declared_of(extra: str) -> set[str]:
+        # `uqmerge[uq]` in an extra stands for the uq extra's requirements.
+        names: set[str] = set()
+        for req in extras[extra]:
+            if req.startswith("uqmerge["):
+                for inner in req.removeprefix("uqmerge[").rstrip("]").split(","):
+                    names |= declared_of(inner)
+            else:
+                names.add(re.split(r"[<>=!~\[;\s]", req, maxsplit=1)[0].lower())
+        return names
+
     for extra, modules in EXTRA_MODULES.items():
-        declared = {req.split(">")[0].split("=")[0].split("[")[0].strip().lower() for req in extras[extra]}
+        declared = declared_of(extra)
         assert {DISTRIBUTION.get(m, m).lower() for m in modules} == declared, extra
     base = " ".join(pyproject["project"]["dependencies"])
     assert not any(DISTRIBUTION.get(m, m) in base for m in OPTIONAL_MODULES)

@@ -14,6 +14,7 @@ LAYERS: tuple[str, ...] = (
     "report",
     "checkpoint",
     "tiny",
+    "mapping",
     "methods",
     "engine",
     "uq",

@@ -1,4 +1,4 @@
-"""Builders of tiny, real-class Hugging Face MLLM directories (LLaVA, Qwen2-VL) for tests and the zoo.
+"""Builders of tiny, real-class Hugging Face MLLM directories (LLaVA, LLaVA-NeXT, Qwen2-VL) for tests and the zoo.
 
 Every builder writes a directory with ``save_pretrained`` (config, ``model.safetensors``, tokenizer,
 image processor, processor config and chat template) that loads offline with the model's own class,
@@ -186,7 +186,6 @@ def build_tiny_llava(
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
-        LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -196,20 +195,7 @@ def build_tiny_llava(
         raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
     out = Path(out_dir)
     tokenizer = build_word_tokenizer(words, style="llava")
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=512,
-        initializer_range=init_std,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    text_config = _tiny_llama_config(tokenizer, hidden, layers, heads, init_std)
     vision_config = CLIPVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=2 * vision_hidden,
@@ -249,6 +235,106 @@ def build_tiny_llava(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     logger.debug("wrote tiny LLaVA (%d parameters) to %s", sum(p.numel() for p in model.parameters()), out)
+    return out
+
+
+def _tiny_llama_config(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int, init_std: float):
+    """The Llama text config of the tiny LLaVA and LLaVA-NeXT builders (one home, so both match)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        initializer_range=init_std,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_llava_next(
+    out_dir: str | Path,
+    *,
+    words: Sequence[str] = (),
+    seed: int = 0,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    vision_hidden: int = 96,
+    vision_layers: int = 2,
+    vision_heads: int = 3,
+    image_size: int = 32,
+    patch_size: int = 8,
+    init_std: float = 0.02,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a tiny ``LlavaNextForConditionalGeneration`` (Llama text, SigLIP vision) + ``LlavaNextProcessor``.
+
+    The text model and tokenizer are :func:`build_tiny_llava`'s for the same ``words`` and sizes; the vision
+    tower is a ``SiglipVisionModel`` (no CLS token, no pooling head; features of its last layer, strategy
+    ``full``) and the connector LLaVA-NeXT's projector with its ``image_newline``. One grid point of the image's
+    own size (``image_grid_pinpoints = [[image_size, image_size]]``) makes an image the base view plus one
+    tile: ``2·(image_size // patch_size)²`` features and one newline per tile row (32/8 → 36 ``<image>``
+    tokens). Pixels are normalised with SigLIP's mean and std (0.5). Returns ``out_dir``.
+    """
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        SiglipVisionConfig,
+    )
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+    out = Path(out_dir)
+    tokenizer = build_word_tokenizer(words, style="llava")
+    vision_config = SiglipVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        vision_use_head=False,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config,
+        text_config=_tiny_llama_config(tokenizer, hidden, layers, heads, init_std),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[[image_size, image_size]],
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    config.initializer_range = init_std
+    model = _fresh_model(LlavaNextForConditionalGeneration, config, seed, dtype)
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=[[image_size, image_size]],
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    logger.debug("wrote tiny LLaVA-NeXT (%d parameters) to %s", sum(p.numel() for p in model.parameters()), out)
     return out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Any
 
@@ -71,6 +71,8 @@ class DerivedClasses:
     class_name: str
     classes: Mapping[str, Classification]
     to_module: Callable[[str], str]
+    llm_names: Mapping[str, str] = field(default_factory=dict)
+    """In-memory name → name relative to the language model (``layers.0.mlp.up_proj.weight``, ``lm_head.weight``)."""
 
     def classify(self, key: str) -> Classification | None:
         """The class of on-disk key ``key`` (after the class's key conversion), or None if it is no parameter."""
@@ -221,6 +223,34 @@ def classify_model(model: Any, role_rules: Iterable[Any]) -> dict[str, Classific
     return out
 
 
+LM_HEAD = "lm_head"
+"""The relative name of the output head in :func:`language_model_names`, whatever the class calls it."""
+
+
+def language_model_names(model: Any, classes: Mapping[str, Classification]) -> dict[str, str]:
+    """Each language-model tensor's name relative to the decoder (``layers.0.self_attn.q_proj.weight``), the
+    output head's under ``lm_head``; equal relative names in two classes hold the same LLM parameter.
+
+    The decoder is ``get_decoder()``, so a causal LM (``model.layers.*``) and an MLLM holding it
+    (``model.language_model.layers.*``) give the same names. Projector-side modules inside the decoder are left out.
+    """
+    roots = _module_roots(model)
+    decoder = roots.language_models[0]
+    out: dict[str, str] = {}
+    for name, cls in classes.items():
+        if cls.component != "language_model":
+            continue
+        if roots.head is not None and _under(name, roots.head):
+            out[name] = LM_HEAD + name[len(roots.head) :]
+        elif decoder and _under(name, decoder):
+            out[name] = name[len(decoder) + 1 :]
+        elif roots.input_embeddings is not None and _under(name, roots.input_embeddings):
+            out[name] = "embed_tokens" + name[len(roots.input_embeddings) :]
+        elif not decoder:
+            out[name] = name
+    return out
+
+
 def _model_class(config: Any, architectures: list[str]) -> type:
     import transformers
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
@@ -294,7 +324,8 @@ def _version() -> str:
 @lru_cache(maxsize=16)
 def _derive_cached(config_json: str, role_rules: tuple[Any, ...]) -> DerivedClasses:
     model = build_meta_model(json.loads(config_json))
-    return DerivedClasses(type(model).__name__, classify_model(model, role_rules), _key_converter(model))
+    classes = classify_model(model, role_rules)
+    return DerivedClasses(type(model).__name__, classes, _key_converter(model), language_model_names(model, classes))
 
 
 def derive_classes(config_dict: Mapping[str, Any], role_rules: tuple[Any, ...]) -> DerivedClasses:

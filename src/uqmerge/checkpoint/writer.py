@@ -32,6 +32,19 @@ def check_output_dir(out_dir: Path, *, force: bool) -> None:
         raise OutputError(f"{out_dir}: output directory is not empty; choose another or pass --force to replace it")
 
 
+def move_into_place(tmp_dir: Path, out_dir: Path, *, force: bool) -> Path:
+    """Rename the finished ``tmp_dir`` to ``out_dir``, replacing an empty (or, with ``force``, any) directory there."""
+    if out_dir.exists():
+        check_output_dir(out_dir, force=force)
+        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, trash / "old")
+        os.replace(tmp_dir, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, out_dir)
+    return out_dir
+
+
 def assign_shards(specs: list[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
     """Split tensors, in order, into shards of at most ``max_shard_size`` bytes (a larger tensor gets its own)."""
     if max_shard_size <= 0:
@@ -149,15 +162,7 @@ class ShardedWriter:
             if fd_path.suffix == ".safetensors":
                 with fd_path.open("rb") as f:
                     os.fsync(f.fileno())
-        if self.out_dir.exists():
-            check_output_dir(self.out_dir, force=self.force)
-            trash = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.old-", dir=self.out_dir.parent))
-            os.replace(self.out_dir, trash / "old")
-            os.replace(self.tmp_dir, self.out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp_dir, self.out_dir)
-        return self.out_dir
+        return move_into_place(self.tmp_dir, self.out_dir, force=self.force)
 
     def _close(self) -> None:
         for fd in self._fds.values():

@@ -5,15 +5,15 @@ code it runs (and with it torch, transformers or the zoo) inside its body, so ``
 ``uqmerge merge --help`` start quickly. Commands that need an optional extra say which one is missing.
 
 Commands: ``merge`` and ``methods`` (:mod:`.merge`), ``demo`` (:mod:`.demo`), ``run`` (:mod:`.run`),
-``search`` (:mod:`.search`), ``uq`` (:mod:`.uq`), ``eval`` (:mod:`.eval`) and ``zoo build`` (:mod:`.zoo`); shared
-helpers in :mod:`.common`.
+``search`` (:mod:`.search`), ``uq`` (:mod:`.uq`), ``eval`` (:mod:`.eval`), ``zoo build`` and
+``zoo export-lmms-eval`` (:mod:`.zoo`) and ``zoo hetero`` (:mod:`.zoo_hetero`); shared helpers in :mod:`.common`.
 """
 
 from __future__ import annotations
 
 import typer
 
-from uqmerge.cli import demo, merge, run, search, uq, zoo
+from uqmerge.cli import demo, merge, run, search, uq, zoo, zoo_hetero
 from uqmerge.cli import eval as eval_
 from uqmerge.cli.common import reporting_errors
 
@@ -34,6 +34,8 @@ app.command("eval")(reporting_errors(eval_.eval_command))
 
 zoo_app = typer.Typer(help="The miniature MLLM zoo (synthetic tasks, tiny LLaVA experts).", no_args_is_help=True)
 zoo_app.command("build")(reporting_errors(zoo.zoo_build_command))
+zoo_app.command("export-lmms-eval")(reporting_errors(zoo.zoo_export_lmms_command))
+zoo_app.command("hetero")(reporting_errors(zoo_hetero.zoo_hetero_command))
 app.add_typer(zoo_app, name="zoo")
 
 

@@ -28,6 +28,8 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "zoo": ("transformers", "tokenizers", "PIL"),
     "report": ("matplotlib",),
     "lora": ("peft",),
+    "ray": ("ray",),
+    "lmms": ("transformers", "torchvision", "PIL", "datasets", "lmms_eval", "filelock"),
 }
 
 _SIZE_UNITS = {
@@ -133,3 +135,12 @@ def reporting_errors(command: Callable[..., None]) -> Callable[..., None]:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; warnings and errors only.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 Device = Annotated[str, typer.Option(help="Compute device: cpu, cuda or auto (CUDA when available).")]
+Ray = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run the candidates' UQ and the search points on Ray actors: local (start a Ray cluster on this "
+        "machine), auto (join the running cluster), ray://HOST:PORT or HOST:PORT.",
+    ),
+]

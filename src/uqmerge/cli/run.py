@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from uqmerge.cli.common import Quiet, Verbose, err_console, fail, log, require_extra, setup_logging
+from uqmerge.cli.common import Quiet, Ray, Verbose, err_console, fail, log, require_extra, setup_logging
 from uqmerge.core.errors import UQMergeError
 
 
@@ -15,6 +15,7 @@ def run(
     config: Annotated[Path, typer.Argument(help="Run config (YAML): base, candidates, merge, uq, selection.")],
     out_dir: Annotated[Path, typer.Argument(help="Run directory (record, report, UQ results, final model).")],
     resume: Annotated[bool, typer.Option(help="Continue a killed run from its last completed step.")] = False,
+    ray: Ray = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -25,7 +26,12 @@ def run(
 
     setup_logging(verbose, quiet, transformers=True)
     try:
-        record = run_uq_merge(load_run_config(config), out_dir, resume=resume, quiet=quiet, on_stage=log.info)
+        run_config = load_run_config(config)
+        if ray is not None:
+            run_config = run_config.model_copy(update={"execution": run_config.execution.with_ray(ray)})
+        if run_config.execution.backend == "ray":
+            require_extra("run", "ray", feature="the Ray backend")
+        record = run_uq_merge(run_config, out_dir, resume=resume, quiet=quiet, on_stage=log.info)
     except UQMergeError as e:
         raise fail(e) from None
     if not quiet:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from uqmerge.cli.common import Quiet, Verbose, err_console, fail, require_extra, setup_logging
+from uqmerge.cli.common import Quiet, Ray, Verbose, err_console, fail, require_extra, setup_logging
 from uqmerge.core.errors import UQMergeError
 
 
@@ -19,6 +19,7 @@ def search(
     resume: Annotated[
         bool, typer.Option(help="Continue a killed search; grid points already scored are kept.")
     ] = False,
+    ray: Ray = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -29,7 +30,12 @@ def search(
 
     setup_logging(verbose, quiet, transformers=True)
     try:
-        record = run_search(load_search_config(config), out_dir, resume=resume, quiet=quiet)
+        search_config = load_search_config(config)
+        if ray is not None:
+            search_config = search_config.model_copy(update={"execution": search_config.execution.with_ray(ray)})
+        if search_config.execution.backend == "ray":
+            require_extra("search", "ray", feature="the Ray backend")
+        record = run_search(search_config, out_dir, resume=resume, quiet=quiet)
     except UQMergeError as e:
         raise fail(e) from None
     if not quiet:

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from uqmerge.cli.common import quiet_transformers, require_extra
+from uqmerge.cli.common import Ray, quiet_transformers, require_extra
 from uqmerge.core.errors import ConfigError
 from uqmerge.uq.config import UQMode
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from uqmerge.uq.config import UQConfig
     from uqmerge.uq.results import UQResult
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,13 @@ def write_result(result: UQResult, out: Path) -> None:
 
 
 def uq_command(
-    model_dir: Annotated[
-        Path, typer.Argument(help="Hugging Face model directory (model + processor with chat template).")
+    model_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="MODEL_DIR...",
+            help="Hugging Face model directories (model + processor with chat template); several are scored one "
+            "after another, or in parallel with --ray.",
+        ),
     ],
     data: Annotated[list[str], typer.Option("--data", "-d", help=DATA_HELP)],
     mode: Annotated[
@@ -89,10 +95,18 @@ def uq_command(
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the UQ cache.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary table.")] = False,
+    ray: Ray = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Ray workers (default: as many as the cluster's CPUs or GPUs fit).")
+    ] = None,
 ) -> None:
-    """Label-free vision-language uncertainty of MODEL_DIR on multiple-choice data (UQ-Merge, Eq. 1)."""
+    """Label-free vision-language uncertainty of each MODEL_DIR on multiple-choice data (UQ-Merge, Eq. 1)."""
     # Bad input raises UQMergeError (DataError, ConfigError); the app reports it without a traceback.
     require_extra("uq", "uq")
+    if ray is not None:
+        require_extra("uq", "ray", feature="--ray")
+    elif workers is not None:
+        raise ConfigError("--workers sets the number of Ray workers; add --ray local (or a cluster's address)")
     from pydantic import ValidationError
     from rich.console import Console
 
@@ -115,20 +129,72 @@ def uq_command(
     except ValidationError as e:
         problems = "; ".join(f"--{'-'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"invalid uq options: {problems}") from None
-    result = run_uq(
-        model_dir,
-        data,
-        config,
-        device=device,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        use_cache=not no_cache,
-        progress=not quiet,
-    )
-    if out is None:
-        typer.echo(result.to_json())
+    outputs = output_paths(model_dirs, out)
+    if len(model_dirs) == 1 and ray is None:
+        result = run_uq(
+            model_dirs[0],
+            data,
+            config,
+            device=device,
+            dtype=dtype,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            progress=not quiet,
+        )
+        results = {0: result}
     else:
-        write_result(result, out)
-        logger.info("wrote %s", out)
-    if not quiet:
-        Console(stderr=True).print(summary_table(result))
+        results = score_many(model_dirs, data, config, device, dtype, cache_dir, not no_cache, ray, workers, quiet)
+    for index, target in outputs.items():
+        if target is None:
+            typer.echo(results[index].to_json())
+        else:
+            write_result(results[index], target)
+            logger.info("wrote %s", target)
+        if not quiet:
+            Console(stderr=True).print(summary_table(results[index]))
+
+
+def output_paths(model_dirs: list[Path], out: Path | None) -> dict[int, Path | None]:
+    """Where each model's result goes: ``out`` itself for one model, ``out/<directory name>.json`` for several."""
+    if len(model_dirs) == 1:
+        return {0: out}
+    if out is None:
+        raise ConfigError(f"{len(model_dirs)} MODEL_DIRs give one result each: pass --out DIR (<name>.json per model)")
+    names = [m.name for m in model_dirs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"MODEL_DIRs {repeated} share a directory name, so their --out files would collide")
+    return {i: out / f"{name}.json" for i, name in enumerate(names)}
+
+
+def score_many(
+    model_dirs: list[Path],
+    data: list[str],
+    config: UQConfig,
+    device: str,
+    dtype: str,
+    cache_dir: Path | None,
+    use_cache: bool,
+    ray: str | None,
+    workers: int | None,
+    quiet: bool,
+) -> dict[int, UQResult]:
+    """The UQ of every model on data prepared once, on the local backend or (with ``ray``) on Ray actors."""
+    from uqmerge.pipeline.execution import ExecutionSettings, ModelJob, open_backend
+    from uqmerge.uq.api import prepare_datasets
+
+    datasets = prepare_datasets(data, config)
+    settings = ExecutionSettings() if ray is None else ExecutionSettings(workers=workers).with_ray(ray)
+    jobs = [
+        ModelJob(m, datasets, config, device=device, dtype=dtype, cache_dir=cache_dir, use_cache=use_cache)
+        for m in model_dirs
+    ]
+    results: dict[int, UQResult] = {}
+    with open_backend(settings) as backend:
+        for index, result in backend.score_models(jobs):
+            results[index] = result
+            if not quiet:
+                logger.info(
+                    "%s: %s %.6g (%d of %d)", model_dirs[index], result.measure, result.score, len(results), len(jobs)
+                )
+    return results

@@ -1,4 +1,5 @@
-"""``uqmerge zoo build``: the miniature MLLM zoo (needs the ``zoo`` extra)."""
+"""``uqmerge zoo build``: the miniature MLLM zoo (needs the ``zoo`` extra); ``zoo export-lmms-eval``: its sets as
+local lmms-eval tasks."""
 
 from __future__ import annotations
 
@@ -50,4 +51,20 @@ def zoo_build_command(
         len(manifest["experts"]),
         path / "data",
         manifest["timings"]["total_seconds"],
+    )
+
+
+def zoo_export_lmms_command(
+    zoo_dir: Annotated[Path, typer.Argument(help="A zoo directory (uqmerge zoo build).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where the task YAMLs and their parquet data go.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty OUT_DIR.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only.")] = False,
+) -> None:
+    """Write the zoo's held-in (multiple choice) and held-out (open-ended) sets as local lmms-eval tasks."""
+    require_extra("zoo export-lmms-eval", "uq")
+    from uqmerge.zoo.lmms_export import export_lmms_tasks
+
+    names = export_lmms_tasks(zoo_dir, out_dir, force=force)
+    logger.info(
+        "wrote %d lmms-eval tasks and groups to %s: run them with --lmms-eval-include %s", len(names), out_dir, out_dir
     )

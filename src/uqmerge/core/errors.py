@@ -27,3 +27,7 @@ class OutputError(UQMergeError):
 
 class DataError(UQMergeError):
     """An evaluation or UQ dataset item is malformed."""
+
+
+class MappingError(LayoutError):
+    """Another architecture's tensors cannot be mapped onto the target's (no shared LLM, a bad mapping file)."""

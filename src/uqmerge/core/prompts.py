@@ -37,12 +37,13 @@ def format_user_text(question: str, options: Sequence[str], hint: str | None = N
     return "\n".join(lines)
 
 
-def build_messages(user_text: str, system_message: str | None = None) -> list[dict[str, Any]]:
-    """Chat messages: an optional system message, then the user turn with the image before the text."""
+def build_messages(user_text: str, system_message: str | None = None, *, images: int = 1) -> list[dict[str, Any]]:
+    """Chat messages: an optional system message, then the user turn with its ``images`` before the text."""
     messages: list[dict[str, Any]] = []
     if system_message is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_message}]})
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]})
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(images)]
+    messages.append({"role": "user", "content": [*content, {"type": "text", "text": user_text}]})
     return messages
 
 

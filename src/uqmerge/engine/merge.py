@@ -8,7 +8,8 @@ from pathlib import Path
 from uqmerge.checkpoint.writer import check_output_dir
 from uqmerge.engine.executor import DEFAULT_MAX_BLOCK_BYTES, DEFAULT_MAX_CACHE_BYTES, MergeReport, execute_plan
 from uqmerge.engine.lora_output import merge_lora_adapters
-from uqmerge.engine.plan import build_plan
+from uqmerge.engine.modality import is_modality_merge, merge_modalities
+from uqmerge.engine.plan import MergePlan, build_plan
 from uqmerge.engine.recipe import MergeConfig
 from uqmerge.engine.sinks import DiskSink
 
@@ -53,6 +54,19 @@ def merge_to_dir(
     check_output_dir(out, force=force)
     plan = build_plan(config, allow_pickle=allow_pickle)
     log.info("planned %d tensors: %s", len(plan.tasks), plan.counts())
+    _log_mapping(plan)
+    if is_modality_merge(plan):
+        return merge_modalities(
+            plan,
+            out,
+            max_shard_size=max_shard_size,
+            device=device,
+            force=force,
+            allow_nonfinite=allow_nonfinite,
+            quiet=quiet,
+            max_block_bytes=max_block_bytes,
+            max_cache_bytes=max_cache_bytes,
+        )
     sink = DiskSink(plan, out, max_shard_size=max_shard_size, force=force)
     report = execute_plan(
         plan,
@@ -65,3 +79,18 @@ def merge_to_dir(
     )
     log.info("wrote %s (%d tensors, %.1f MB read)", out, report.tensors, report.bytes_read / 1e6)
     return report
+
+
+def _log_mapping(plan: MergePlan) -> None:
+    """Say what each cross-architecture map covered, and list the tensors kept from the target for lack of one."""
+    for summary in plan.mapping_summary()["maps"] if plan.maps else []:
+        log.info(
+            "mapped %d tensor(s) of %s onto %s (%s; %d concatenated)",
+            summary["mapped"],
+            summary["source"],
+            summary["target"],
+            summary["how"],
+            summary["concatenated"],
+        )
+        for name, why in summary["kept"].items():
+            log.warning("kept %s from the target: %s", name, why)

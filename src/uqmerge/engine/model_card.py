@@ -14,13 +14,17 @@ if TYPE_CHECKING:
 def resolved_recipe(plan: MergePlan) -> dict[str, Any]:
     """The config as resolved: absolute paths, dtype, layout, and every method's parameters."""
     cfg = plan.config.model_dump(mode="json", exclude_defaults=False)
-    cfg["base_model"] = str(plan.base.path.resolve())
+    cfg["base_model"] = str(plan.output.path.resolve())
+    if plan.config.ancestor is not None:
+        cfg["ancestor"] = str(plan.base.path.resolve())
     for entry, reader in zip(cfg["models"], plan.models, strict=True):
         entry["model"] = str(reader.path.resolve())
     cfg["dtype"] = str(plan.out_dtype).removeprefix("torch.")
     cfg["layout"] = plan.layout.name
     cfg["resolved_methods"] = {key: (r.describe() if r is not None else "keep_base") for key, r in plan.methods.items()}
     cfg["tensor_counts"] = plan.counts()
+    if plan.maps:
+        cfg["mapping"] = plan.mapping_summary()
     cfg["uqmerge_version"] = __version__
     return cfg
 
@@ -43,11 +47,11 @@ def merge_model_card(
         "---",
         f"library_name: {library_name}",
         f"tags: [{', '.join(tags)}]",
-        f"base_model: {plan.base.path.name}",
+        f"base_model: {plan.output.path.name}",
         "---",
         f"# Merged model ({', '.join(sorted(methods))})",
         "",
-        f"Made with uqmerge {__version__} from the base `{plan.base.path}` and {len(plan.models)} model(s):",
+        f"Made with uqmerge {__version__} from the base `{plan.output.path}` and {len(plan.models)} model(s):",
         "",
         *[f"- `{r.path}`" for r in plan.models],
         "",
@@ -68,6 +72,33 @@ def merge_model_card(
             if plan.config.compat != "uqmerge"
             else []
         ),
+        *_mapping_section(plan),
         *extra_sections,
     ]
     return "\n".join(lines)
+
+
+def _mapping_section(plan: MergePlan) -> list[str]:
+    """What the cross-architecture maps did: per model, tensors mapped and kept; the target's kept tensors."""
+    if not plan.maps:
+        return []
+    summary = plan.mapping_summary()
+    lines = [
+        "## Cross-architecture mapping",
+        "",
+        "| model | map | mapped | concatenated | kept |",
+        "|---|---|---|---|---|",
+    ]
+    for m in summary["maps"]:
+        lines.append(f"| `{m['source']}` | {m['how']} | {m['mapped']} | {m['concatenated']} | {len(m['kept'])} |")
+    kept = summary["kept_from_target"]
+    if kept:
+        lines += [
+            "",
+            f"{len(kept)} tensor(s) that a map meant to cover are the target's (no counterpart or another shape; "
+            "listed with reasons under `mapping` in `uqmerge_config.yml`).",
+            "",
+        ]
+    else:
+        lines.append("")
+    return lines

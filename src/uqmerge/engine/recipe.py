@@ -13,18 +13,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from uqmerge.core.errors import ConfigError
+from uqmerge.core.configs import read_yaml, validate_config
 from uqmerge.engine.mergekit import from_mergekit, mergekit_inputs
 from uqmerge.methods.base import ParamValue, Semantics
 
 DTypeName = Literal["float32", "float16", "bfloat16"]
 KEEP_BASE = "keep_base"
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+LLM_OUTPUT = "llm"
+"""The output subdirectory of a modality merge that holds the merged language model alone."""
 
 
 class _Strict(BaseModel):
@@ -32,10 +32,23 @@ class _Strict(BaseModel):
 
 
 class ModelEntry(_Strict):
-    """One input model and its per-model parameters (``weight``, ``density``, …)."""
+    """One input model and its per-model parameters (``weight``, ``density``, …).
+
+    ``mapping`` (a mapping file or a shipped mapping's name) says how a model of another architecture maps onto the
+    base's; ``id`` names its output directory in a modality merge (default: the model directory's name).
+    """
 
     model: str
     parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    mapping: str | None = None
+    id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @field_validator("id")
+    @classmethod
+    def _not_llm(cls, v: str | None) -> str | None:
+        if v == LLM_OUTPUT:
+            raise ValueError(f"id {LLM_OUTPUT!r} is the merged language model's own output directory; choose another")
+        return v
 
 
 class ComponentMethod(_Strict):
@@ -87,11 +100,14 @@ class MergeRecipe(_Strict):
     verify_keep_base: bool = True
     lora_output: LoraOutputConfig | None = None
     compat: Semantics = "uqmerge"
+    ancestor: str | None = None
 
     @model_validator(mode="after")
     def _lora_output_is_uqmerges(self) -> MergeRecipe:
         if self.compat != "uqmerge" and self.lora_output is not None:
             raise ValueError(f"lora_output follows uqmerge's semantics only; remove it or `compat: {self.compat}`")
+        if self.ancestor is not None and self.lora_output is not None:
+            raise ValueError("lora_output merges adapters of one architecture; remove `ancestor:` or `lora_output:`")
         return self
 
     @field_validator("include", "exclude")
@@ -131,38 +147,6 @@ class MergeConfig(MergeRecipe):
             models = mergekit_inputs(data.get("merge_method"), data.get("base_model"), data.get("models"))
             return {**data, "models": models}
         return data
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: the key path and what is wrong."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key (not allowed here)" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return f"{source}: invalid config\n" + "\n".join(lines)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping; a ConfigError names the file on failure."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{p}: cannot read YAML ({e})") from e
-    if data is None:
-        raise ConfigError(f"{p}: the file is empty; expected a YAML mapping such as `merge_method: linear`")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a YAML mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def validate_config(model: type[ConfigT], data: dict[str, Any], source: str) -> ConfigT:
-    """``model`` validated from ``data``; a ConfigError lists every problem with its key path in ``source``."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
 
 
 def parse_merge_config(data: dict[str, Any], *, source: str = "config") -> MergeConfig:

@@ -38,7 +38,7 @@ class DiskSink:
 
     def close(self) -> None:
         try:
-            self.writer.copy_aux_files(self.plan.base.path)
+            self.writer.copy_aux_files(self.plan.output.path)
             self._write_config()
             recipe = resolved_recipe(self.plan)
             self.writer.add_file(RECIPE_FILE, yaml.safe_dump(recipe, sort_keys=False))
@@ -52,7 +52,7 @@ class DiskSink:
         self.writer.abort()
 
     def _write_config(self) -> None:
-        config = dict(self.plan.base.config)
+        config = dict(self.plan.output.config)
         if not config:
             return
         dtype_name = str(self.plan.out_dtype).removeprefix("torch.")

@@ -80,10 +80,21 @@ def encode_questions(
     processor: Any, images: Sequence[Image.Image], questions: Sequence[str]
 ) -> dict[str, torch.Tensor]:
     """The processor's left-padded batch of prompts (each question after its image, in the chat template)."""
+    return encode_prompts(processor, [[image] for image in images], questions)
+
+
+def encode_prompts(
+    processor: Any, image_lists: Sequence[Sequence[Image.Image]], texts: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The left-padded batch of prompts with any number of images each (none: a text-only prompt), the images
+    before the text in the chat template."""
     tokenizer = tokenizer_of(processor)
-    prompts = [render_prompt(processor, build_messages(q)) for q in questions]
+    prompts = [
+        render_prompt(processor, build_messages(t, images=len(ims))) for t, ims in zip(texts, image_lists, strict=True)
+    ]
+    flat = [image for ims in image_lists for image in ims]
     with left_padding(tokenizer):
-        batch = processor(text=prompts, images=list(images), padding=True, return_tensors="pt")
+        batch = processor(text=prompts, images=flat or None, padding=True, return_tensors="pt")
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 

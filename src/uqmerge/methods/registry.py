@@ -13,6 +13,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "uqmerge.methods.wudi",
     "uqmerge.methods.optmerge",
     "uqmerge.methods.slerp",
+    "uqmerge.methods.adamms",
 )
 """Every module that defines merge methods, in the order their methods are registered."""
 

@@ -17,6 +17,8 @@ from uqmerge.engine.recipe import (
     read_yaml,
     validate_config,
 )
+from uqmerge.evaluate.lmms_config import LmmsEvalSettings
+from uqmerge.pipeline.execution.settings import ExecutionSettings
 from uqmerge.pipeline.search_config import SearchSettings, check_search, with_parameter
 from uqmerge.selection import RUN_GUIDANCES
 from uqmerge.uq.config import UQConfig, UQMode
@@ -83,6 +85,9 @@ class RunConfig(_Strict):
     low_memory: bool = False
     max_shard_size: int = Field(5 * 1000**3, gt=0)
     search: SearchSettings | None = None
+    lmms_eval: LmmsEvalSettings | None = None  # lmms-eval tasks on the selected model (docs/eval.md)
+    # How the scores are computed, not what: left out of the dump, so of the digest and the record.
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings, exclude=True)
 
     @model_validator(mode="before")
     @classmethod

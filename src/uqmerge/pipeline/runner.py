@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,6 +19,7 @@ from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.pipeline.config import RunConfig
 from uqmerge.pipeline.digest import config_digest
+from uqmerge.pipeline.execution.backend import ExecutionBackend, LocalBackend, ModelJob, ResidentSpec, open_backend
 from uqmerge.report.records import (
     BaselineRecord,
     CandidateRecord,
@@ -39,6 +40,9 @@ from uqmerge.selection import (
     select_by_uncertainty,
 )
 from uqmerge.uq.config import UQConfig, UQMode
+
+if TYPE_CHECKING:
+    from uqmerge.uq.results import UQResult
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,11 @@ class MergedScore:
 class UQMergeRun:
     """One run of UQ-Merge in ``run_dir`` (see :func:`run_uq_merge`)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool) -> None:
+    def __init__(
+        self, config: RunConfig, run_dir: Path, *, resume: bool, quiet: bool, backend: ExecutionBackend | None = None
+    ) -> None:
         self.config = config
+        self.backend = backend or LocalBackend()
         self.run_dir = run_dir
         self.quiet = quiet
         self.paths = {c.id: c.model for c in config.candidates}
@@ -99,6 +106,7 @@ class UQMergeRun:
         self.state = self._prepare_dir(resume)
         self.candidate_scores: dict[str, dict[str, CandidateScore]] = {c.id: {} for c in config.candidates}
         self.merged_scores: dict[tuple[str, ...], MergedScore] = {}
+        self._prefetched: dict[tuple[str, str], UQResult] = {}
 
     # ---- set-up -----------------------------------------------------------------------------------
     def _prepare_dir(self, resume: bool) -> RunState:
@@ -160,10 +168,10 @@ class UQMergeRun:
     # ---- scores -----------------------------------------------------------------------------------
     def candidate_uq(self, cid: str, config: UQConfig | None = None) -> CandidateScore:
         """UQ of one candidate from disk (cached by weight fingerprint); saved under ``uq/<id>.json``."""
-        from uqmerge.uq.api import run_uq
-
         config = config or self.uq_config
-        result = run_uq(self.paths[cid], self.datasets, config, device=self.config.device, dtype=self.config.dtype)
+        result = self._prefetched.pop((cid, config.mode.value), None)
+        if result is None:
+            [(_, result)] = self.backend.score_models([self._uq_job(cid, config)])
         log.info("candidate %s: %s %.6f%s", cid, result.measure, result.score, " (cache hit)" * result.cache_hit)
         suffix = "" if config == self.uq_config else f".{config.mode.value}"
         atomic_write_text(self.run_dir / "uq" / f"{cid}{suffix}.json", result.to_json())
@@ -173,14 +181,49 @@ class UQMergeRun:
         self.candidate_scores[cid][config.mode.value] = score
         return score
 
+    def _uq_job(self, cid: str, config: UQConfig) -> ModelJob:
+        return ModelJob(
+            Path(self.paths[cid]), self.datasets, config, device=self.config.device, dtype=self.config.dtype
+        )
+
+    def prefetch_candidates(self) -> None:
+        """Score at once, through the backend, every candidate the guidance scores first (all of them, in the
+        mode it sorts by); :meth:`candidate_uq` then takes each result once. Random guidance scores only its
+        first candidate, and lmms-eval accuracy is measured in the resident model, so nothing is prefetched then."""
+        guidance = self.config.selection.guidance
+        lmms_accuracy = self.config.lmms_eval is not None and self.config.lmms_eval.accuracy
+        if guidance == "random" or (guidance == "accuracy" and lmms_accuracy):
+            return
+        config = self.uq_config.model_copy(update={"mode": UQMode.NONE}) if guidance == "accuracy" else self.uq_config
+        ids = [c.id for c in self.config.candidates]
+        for index, result in self.backend.score_models([self._uq_job(cid, config) for cid in ids]):
+            self._prefetched[(ids[index], config.mode.value)] = result
+
     def model_uncertainty(self, cid: str) -> float:
         return float(self.candidate_uq(cid).score)
 
     def model_accuracy(self, cid: str) -> float:
+        if self.config.lmms_eval is not None and self.config.lmms_eval.accuracy:
+            return self.lmms_score([cid], None, self.run_dir / "lmms_eval" / "candidates" / cid)
         score = self.candidate_uq(cid, self.uq_config.model_copy(update={"mode": UQMode.NONE}))
         if score.accuracy is None:
             raise ConfigError("selection.guidance accuracy needs labeled UQ data (an `answer` per item)")
         return float(score.accuracy)
+
+    def lmms_score(self, ids: list[str], search_value: float | None, out_dir: Path) -> float:
+        """lmms-eval's score of Merge(ids) (a single id: that candidate) set in the resident model; its results
+        are written under ``out_dir``."""
+        from uqmerge.evaluate.lmms import evaluate_merge_in_resident, single_model_config
+
+        assert self.config.lmms_eval is not None
+        if len(ids) == 1 and search_value is None:
+            config = single_model_config(self.config.base_model, self.paths[ids[0]])
+        else:
+            config = self.config.merge_config(ids, search_value)
+        merger = self.merger
+        return evaluate_merge_in_resident(
+            merger, config, self.processor, self.config.lmms_eval, out_dir, name="+".join(ids)
+        )
 
     def merged_uncertainty(self, prefix: list[str]) -> float:
         """Set the resident model to Merge(prefix) and measure its UQ (no checkpoint is written)."""
@@ -276,7 +319,7 @@ class UQMergeRun:
         search = CoefficientSearch(
             s,
             lambda value: self.config.merge_config(selected, value),
-            self.merger,
+            None if self.backend.distributed else self.merger,  # a distributed backend loads its own
             self.processor,
             inputs,
             self.uq_config,
@@ -285,6 +328,8 @@ class UQMergeRun:
             config={"models": selected, **s.model_dump(mode="json")},
             previous=previous,
             quiet=self.quiet,
+            backend=self.backend,
+            resident=ResidentSpec(self.config.base_model, self.config.device, self.config.dtype),
         )
         return search.run()
 
@@ -310,13 +355,35 @@ def run_uq_merge(
     resume: bool = False,
     quiet: bool = False,
     on_stage: Callable[[str], None] | None = None,
+    backend: ExecutionBackend | None = None,
 ) -> RunRecord:
-    """Run UQ-Merge as configured; returns the run record also saved as ``run_dir/run.json``."""
+    """Run UQ-Merge as configured; returns the run record also saved as ``run_dir/run.json``.
+
+    The candidates' UQ and the search points run on ``backend`` (the caller closes it), else on the backend of
+    ``config.execution``, opened and closed here."""
+    started = time.perf_counter()
+    if backend is not None:
+        return _run(config, Path(run_dir), resume, quiet, on_stage, backend, started)
+    with open_backend(config.execution) as opened:
+        return _run(config, Path(run_dir), resume, quiet, on_stage, opened, started)
+
+
+def _run(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    quiet: bool,
+    on_stage: Callable[[str], None] | None,
+    backend: ExecutionBackend,
+    started: float,
+) -> RunRecord:
     from uqmerge.report.run_report import write_run_report
 
-    started = time.perf_counter()
-    run = UQMergeRun(config, Path(run_dir), resume=resume, quiet=quiet)
+    run = UQMergeRun(config, run_dir, resume=resume, quiet=quiet, backend=backend)
     stage = on_stage or (lambda _s: None)
+    if backend.distributed:
+        stage(f"scoring candidates on {backend.name}")
+        run.prefetch_candidates()
     stage("scoring candidates and selecting")
     result = run.select()
     selected = list(result.selected)
@@ -328,11 +395,12 @@ def run_uq_merge(
         search = run.search_coefficient(selected)
     stage("writing the selected model")
     model_dir = run.write_model(selected, search.chosen_value if search is not None else None)
+    if config.lmms_eval is not None:
+        stage("lmms-eval on the selected model")
+        run.lmms_score(selected, search.chosen_value if search is not None else None, run.run_dir / "lmms_eval")
     record = RunRecord(
         config=config.model_dump(mode="json"),
-        candidates={
-            c.id: CandidateRecord(model=c.model, scores=run.candidate_scores[c.id]) for c in config.candidates
-        },
+        candidates={c.id: CandidateRecord(model=c.model, scores=run.candidate_scores[c.id]) for c in config.candidates},
         selection=result.to_dict(),
         steps=run.state.steps,
         selected=selected,

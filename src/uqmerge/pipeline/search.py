@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.engine.recipe import MergeConfig
 from uqmerge.pipeline.digest import config_digest
+from uqmerge.pipeline.execution.backend import ExecutionBackend, LocalBackend, ResidentSpec, open_backend
 from uqmerge.pipeline.search_config import SearchConfig, SearchSettings
 from uqmerge.pipeline.search_inputs import SearchInputs, accuracy, generate_responses, load_search_inputs
 from uqmerge.report.records import SearchPoint, SearchRecord
@@ -72,13 +74,15 @@ class CoefficientSearch:
 
     ``config_at(value)`` is the merge at a grid value; ``merger`` holds the resident model; the record is saved to
     ``record_path`` after every point, and ``previous`` (a saved record of the same digest) is continued.
+    ``backend`` measures the points (default: in this process, :meth:`measure`); a distributed one loads its own
+    resident models as ``resident`` says, and then ``merger`` may be None.
     """
 
     def __init__(
         self,
         settings: SearchSettings,
         config_at: Callable[[float], MergeConfig],
-        merger: IncrementalMerger,
+        merger: IncrementalMerger | None,
         processor: Any,
         inputs: SearchInputs,
         uq_config: UQConfig,
@@ -89,10 +93,14 @@ class CoefficientSearch:
         previous: SearchRecord | None = None,
         quiet: bool = False,
         embed: Embed | None = None,
+        backend: ExecutionBackend | None = None,
+        resident: ResidentSpec | None = None,
     ) -> None:
         self.settings = settings
         self.config_at = config_at
         self.merger = merger
+        self.backend = backend or LocalBackend()
+        self.resident = resident
         self.processor = processor
         self.inputs = inputs
         self.uq_config = uq_config
@@ -135,6 +143,8 @@ class CoefficientSearch:
 
         s = self.settings
         value = s.grid[index]
+        if self.merger is None:
+            raise TypeError("this CoefficientSearch has no resident model; measure its points on its backend")
         start = time.perf_counter()
         self.merger.set_config(self.config_at(value))
         merged_at = time.perf_counter()
@@ -244,8 +254,7 @@ class CoefficientSearch:
             log.info("resuming: %d of %d grid point(s) already measured", len(s.grid) - len(todo), len(s.grid))
         with _progress(not self.quiet) as progress:
             task = progress.add_task(f"search {s.parameter}", total=len(s.grid), completed=len(s.grid) - len(todo))
-            for index in todo:
-                point = self.measure(index, progress)
+            for index, point in self.backend.measure_points(self, todo, progress):
                 points = list(self.record.points)
                 points[index] = point
                 self.record = self.record.model_copy(update={"points": points})
@@ -302,8 +311,17 @@ def write_chosen_model(config: MergeConfig, run_dir: Path, *, device: str, max_s
     return out
 
 
-def run_search(config: SearchConfig, run_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> SearchRecord:
-    """Run the coefficient search as configured; returns the record also saved as ``run_dir/search.json``."""
+def run_search(
+    config: SearchConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    backend: ExecutionBackend | None = None,
+) -> SearchRecord:
+    """Run the coefficient search as configured; returns the record also saved as ``run_dir/search.json``.
+
+    The points are measured on ``backend`` (the caller closes it), else on the backend of ``config.execution``."""
     from uqmerge.report.search_report import write_search_report
 
     started = time.perf_counter()
@@ -323,27 +341,46 @@ def run_search(config: SearchConfig, run_dir: str | Path, *, resume: bool = Fals
         embedding = s.criterion == "consistency" and s.consistency.compare == "embedding"
         embed = default_embed(s.consistency.model) if embedding else None  # fails before any model is loaded
         base = config.base_model or config.models[0].model
-        model, processor, device = load_resident(base, config.device, config.dtype)
-        search = CoefficientSearch(
-            s,
-            config.merge_config,
-            IncrementalMerger(model, device=device),
-            processor,
-            inputs,
-            config.uq,
-            run_dir / SEARCH_FILE,
-            digest=digest,
-            config=config.model_dump(mode="json"),
-            previous=previous,
-            quiet=quiet,
-            embed=embed,
-        )
-        record = search.run()
+        with nullcontext(backend) if backend is not None else open_backend(config.execution) as backend:
+            # A distributed backend's workers load their own resident base; the driver needs none.
+            merger, processor = None, None
+            if not backend.distributed:
+                model, processor, device = load_resident(base, config.device, config.dtype)
+                merger = IncrementalMerger(model, device=device)
+            search = CoefficientSearch(
+                s,
+                config.merge_config,
+                merger,
+                processor,
+                inputs,
+                config.uq,
+                run_dir / SEARCH_FILE,
+                digest=digest,
+                config=config.model_dump(mode="json"),
+                previous=previous,
+                quiet=quiet,
+                embed=embed,
+                backend=backend,
+                resident=ResidentSpec(base, config.device, config.dtype),
+            )
+            record = search.run()
     assert record.chosen_value is not None
     out = write_chosen_model(
         config.merge_config(record.chosen_value), run_dir, device=config.device, max_shard_size=config.max_shard_size
     )
+    if config.lmms_eval is not None:
+        _lmms_eval_chosen(config, out, run_dir)
     record = record.model_copy(update={"model_dir": str(out), "wall_s": done_before + time.perf_counter() - started})
     atomic_write_text(run_dir / SEARCH_FILE, record.to_json())
     write_search_report(record, run_dir)
     return record
+
+
+def _lmms_eval_chosen(config: SearchConfig, model_dir: Path, run_dir: Path) -> float:
+    """lmms-eval's score of the chosen merge, read from ``model_dir`` (written anyway; the resident model may live
+    in a worker); its results go to ``run_dir/lmms_eval``."""
+    from uqmerge.evaluate.lmms import evaluate_resident
+
+    assert config.lmms_eval is not None
+    model, processor, _ = load_resident(str(model_dir), config.device, config.dtype)
+    return evaluate_resident(model, processor, config.lmms_eval, run_dir / "lmms_eval", name=str(model_dir))

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from uqmerge.core.errors import ConfigError
 from uqmerge.engine.recipe import MergeConfig, MergeRecipe, ModelEntry, read_yaml
+from uqmerge.evaluate.lmms_config import LmmsEvalSettings
 from uqmerge.evaluate.open_ended import DEFAULT_MAX_NEW_TOKENS
+from uqmerge.pipeline.execution.settings import ExecutionSettings
 from uqmerge.selection.coefficients import CRITERIA, MIN_CONSISTENCY_POINTS
 from uqmerge.uq.config import UQConfig
 
@@ -157,6 +159,9 @@ class SearchConfig(_Strict):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_shard_size: int = Field(5 * 1000**3, gt=0)
+    lmms_eval: LmmsEvalSettings | None = None  # lmms-eval tasks on the chosen model (docs/eval.md)
+    # How the points are computed, not what: left out of the dump, so of the digest and the record.
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings, exclude=True)
 
     @field_validator("models", mode="before")
     @classmethod

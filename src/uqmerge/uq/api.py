@@ -390,6 +390,87 @@ def _environment(device: torch.device, dtype: torch.dtype) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class UQRequest:
+    """One model's UQ before it is computed: the directory, the device and dtype it is scored on, and the
+    fingerprint and cache key of the numbers (a worker process needs nothing else to compute them)."""
+
+    model_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    fingerprint: str
+    key: str
+
+
+def prepare_datasets(data_specs: Sequence[str | DataSpec] | Sequence[UQDataset], config: UQConfig) -> list[UQDataset]:
+    """Prepared datasets as given, or ``data_specs`` loaded, sampled and padded as ``config`` says."""
+    if data_specs and all(isinstance(d, UQDataset) for d in data_specs):
+        return list(data_specs)  # type: ignore[arg-type]
+    return load_uq_datasets(
+        data_specs, seed=config.seed, sample_ratio=config.sample_ratio, real_options=config.real_options
+    )
+
+
+def uq_request(
+    model_dir: str | Path,
+    datasets: Sequence[UQDataset],
+    config: UQConfig,
+    *,
+    device: torch.device,
+    dtype: str = "auto",
+    cache: UQCache,
+    use_cache: bool = True,
+) -> UQRequest:
+    """Resolve the dtype (``auto``: see :func:`run_uq`), fingerprint the model directory and key its result."""
+    model_dir = Path(model_dir)
+    resolved_dtype = resolve_dtype(dtype, device, saved_dtype(model_dir))
+    fingerprint = fingerprint_model_dir(model_dir, cache_dir=cache.root if use_cache else None)
+    key = cache_key(
+        model_fingerprint=fingerprint,
+        datasets=[d.identity() for d in datasets],
+        config=config.numbers_key(),
+        environment=_environment(device, resolved_dtype),
+    )
+    return UQRequest(model_dir, device, resolved_dtype, fingerprint, key)
+
+
+def cached_uq(request: UQRequest, datasets: Sequence[UQDataset], config: UQConfig, cache: UQCache) -> UQResult | None:
+    """The cached result of ``request`` labelled for this call (model path, config, data specs), or None."""
+    result = cache.load(request.key)
+    if result is None:
+        logger.info("UQ cache miss for %s (key %s)", request.model_dir, request.key[:16])
+        return None
+    logger.info("UQ cache hit for %s (%s)", request.model_dir, cache.path_for(request.key))
+    specs = [d.model_copy(update={"spec": ds.spec}) for d, ds in zip(result.datasets, datasets, strict=True)]
+    result = result.model_copy(update={"model": str(request.model_dir), "config": config, "datasets": specs})
+    result._cache_hit = True
+    return result
+
+
+def compute_uq(
+    request: UQRequest, datasets: Sequence[UQDataset], config: UQConfig, *, progress: bool = False
+) -> UQResult:
+    """Load the model of ``request`` and score it (no cache): what :func:`run_uq` does on a cache miss."""
+    model, processor = load_model(request.model_dir, device=request.device, dtype=request.dtype)
+    return uncertainty_of_loaded_model(
+        model,
+        processor,
+        datasets,
+        config,
+        model_name=str(request.model_dir),
+        model_fingerprint=request.fingerprint,
+        progress=progress,
+    )
+
+
+def store_uq(request: UQRequest, result: UQResult, cache: UQCache) -> None:
+    """Cache a computed result; a cache that cannot be written is a warning, not a failure."""
+    try:
+        cache.store(request.key, result)
+    except OSError as e:
+        logger.warning("cannot write the UQ cache in %s: %s", cache.root, e)
+
+
 def run_uq(
     model_dir: str | Path,
     data_specs: Sequence[str | DataSpec] | Sequence[UQDataset],
@@ -409,48 +490,19 @@ def run_uq(
     (without ``batch_size`` and ``save_probs``, which do not change the numbers), device type, dtype and
     library versions; a rerun is a cache hit (logged, ``result.cache_hit``) and returns identical JSON.
     Without ``config.save_probs`` the per-item records are dropped from the returned result (the cache
-    keeps them).
+    keeps them). The steps (:func:`uq_request`, :func:`cached_uq`, :func:`compute_uq`, :func:`store_uq`) are
+    public so that an execution backend can compute a cache miss in another process.
     """
     config = config or UQConfig()
-    model_dir = Path(model_dir)
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device, saved_dtype(model_dir))
-    if data_specs and all(isinstance(d, UQDataset) for d in data_specs):
-        datasets = list(data_specs)
-    else:
-        datasets = load_uq_datasets(
-            data_specs, seed=config.seed, sample_ratio=config.sample_ratio, real_options=config.real_options
-        )
+    datasets = prepare_datasets(data_specs, config)
     cache = UQCache(cache_dir)
-    fingerprint = fingerprint_model_dir(model_dir, cache_dir=cache.root if use_cache else None)
-    key = cache_key(
-        model_fingerprint=fingerprint,
-        datasets=[d.identity() for d in datasets],
-        config=config.numbers_key(),
-        environment=_environment(resolved_device, resolved_dtype),
+    request = uq_request(
+        model_dir, datasets, config, device=resolved_device, dtype=dtype, cache=cache, use_cache=use_cache
     )
-    result = cache.load(key) if use_cache else None
-    if result is not None:
-        logger.info("UQ cache hit for %s (%s)", model_dir, cache.path_for(key))
-        specs = [d.model_copy(update={"spec": ds.spec}) for d, ds in zip(result.datasets, datasets, strict=True)]
-        result = result.model_copy(update={"model": str(model_dir), "config": config, "datasets": specs})
-        result._cache_hit = True
-    else:
+    result = cached_uq(request, datasets, config, cache) if use_cache else None
+    if result is None:
+        result = compute_uq(request, datasets, config, progress=progress)
         if use_cache:
-            logger.info("UQ cache miss for %s (key %s)", model_dir, key[:16])
-        model, processor = load_model(model_dir, device=resolved_device, dtype=resolved_dtype)
-        result = uncertainty_of_loaded_model(
-            model,
-            processor,
-            datasets,
-            config,
-            model_name=str(model_dir),
-            model_fingerprint=fingerprint,
-            progress=progress,
-        )
-        if use_cache:
-            try:
-                cache.store(key, result)
-            except OSError as e:
-                logger.warning("cannot write the UQ cache in %s: %s", cache.root, e)
+            store_uq(request, result, cache)
     return result if config.save_probs else result.without_probs()

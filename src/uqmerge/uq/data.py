@@ -15,6 +15,7 @@ names the file and the item.
 
     path/to/items.jsonl                 the JSONL format above (``jsonl:PATH`` is the same)
     ADAPTER:SOURCE[:SPLIT]              a benchmark in its published layout
+    lmms:TASK or lmms:DIR/TASK          a multiple-choice lmms-eval task (its own, or a local YAML under DIR)
 
 ``ADAPTER`` is one of ``mmbench``, ``scienceqa``, ``seedbench``, ``ai2d``, ``oodcv``. ``SOURCE`` is a
 local file (``.tsv``/``.csv``/``.parquet``/``.json``/``.jsonl``), a local dataset directory, or a
@@ -23,7 +24,8 @@ to the adapter's evaluation split for hub ids and to the only split of a local f
 ``mmbench:lmms-lab/MMBench@en:dev``, ``mmbench:/data/mmbench_dev_20230712.tsv``,
 ``scienceqa:derek-thomas/ScienceQA:test``, ``seedbench:/data/SEED-Bench.json``,
 ``oodcv:/data/ood/oodcv-vqa/oodcv-vqa.json``. Everything is read with ``datasets``; nothing is
-downloaded unless SOURCE is a hub id and the machine is online.
+downloaded unless SOURCE is a hub id and the machine is online. ``lmms:`` specs read the task's documents
+through lmms-eval's task definition (:mod:`uqmerge.uq.lmms_data`, the ``lmms`` extra).
 
 Preparation (per dataset) does not depend on the order of the source's rows: items are put in
 canonical order (:func:`canonical_order`: natural order of their ids), and every draw is seeded by
@@ -61,7 +63,7 @@ from uqmerge.uq.prompts import IDK_OPTION, NOTA_OPTION
 
 logger = logging.getLogger(__name__)
 
-ADAPTERS: tuple[str, ...] = ("jsonl", "mmbench", "scienceqa", "seedbench", "ai2d", "oodcv")
+ADAPTERS: tuple[str, ...] = ("jsonl", "mmbench", "scienceqa", "seedbench", "ai2d", "oodcv", "lmms")
 
 DEFAULT_HUB_SPLITS: Mapping[str, str] = {
     "mmbench": "dev",
@@ -260,6 +262,8 @@ def parse_data_spec(spec: str) -> DataSpec:
         config = config or None
     if adapter == "jsonl" and (config or split):
         raise DataError(f"--data {spec!r}: a JSONL file takes no @CONFIG or :SPLIT")
+    if adapter == "lmms" and (config or split):
+        raise DataError(f"--data {spec!r}: lmms:TASK takes no @CONFIG or :SPLIT (the task's YAML names its split)")
     return DataSpec(adapter=adapter, source=source, config=config, split=split)
 
 
@@ -605,6 +609,10 @@ def load_adapter(spec: DataSpec, *, name: str | None = None) -> MCDataset:
     if spec.adapter == "jsonl":
         dataset = load_jsonl(spec.source, name=name)
         return replace(dataset, spec=str(spec))
+    if spec.adapter == "lmms":
+        from uqmerge.uq.lmms_data import load_lmms_task
+
+        return load_lmms_task(spec, name=name)
     table, base = _load_table(spec)
     adapter = _ROW_ADAPTERS[spec.adapter]
     items: list[MCItem] = []
@@ -720,8 +728,7 @@ def prepare_dataset(dataset: MCDataset, *, seed: int, sample_ratio: float, real_
     )
 
 
-def _unique_names(specs: Sequence[DataSpec]) -> list[str]:
-    base = [Path(s.source).stem if s.adapter == "jsonl" else s.adapter for s in specs]
+def _unique_names(base: Sequence[str]) -> list[str]:
     counts = Counter(base)
     seen: Counter[str] = Counter()
     names = []
@@ -734,11 +741,13 @@ def _unique_names(specs: Sequence[DataSpec]) -> list[str]:
 def load_uq_datasets(
     specs: Sequence[str | DataSpec], *, seed: int = 0, sample_ratio: float = 1.0, real_options: int = 4
 ) -> list[UQDataset]:
-    """Parse, load, validate and prepare every ``--data`` spec (names: file stem or adapter, made unique)."""
+    """Parse, load, validate and prepare every ``--data`` spec (names: file stem, adapter, or an lmms-eval task's
+    alias or name; made unique)."""
     if not specs:
         raise DataError("no UQ data given; pass at least one --data SPEC")
     parsed = [s if isinstance(s, DataSpec) else parse_data_spec(s) for s in specs]
+    loaded = [load_adapter(spec) for spec in parsed]
     return [
-        prepare_dataset(load_adapter(spec, name=name), seed=seed, sample_ratio=sample_ratio, real_options=real_options)
-        for spec, name in zip(parsed, _unique_names(parsed), strict=True)
+        prepare_dataset(replace(d, name=name), seed=seed, sample_ratio=sample_ratio, real_options=real_options)
+        for d, name in zip(loaded, _unique_names([d.name for d in loaded]), strict=True)
     ]

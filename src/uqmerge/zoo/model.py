@@ -2,7 +2,9 @@
 
 Every zoo model is a real ``LlavaForConditionalGeneration`` (Llama text model, CLIP vision tower)
 with a ``LlavaProcessor`` over the case-sensitive word-level tokenizer of :mod:`uqmerge.tiny`, saved
-as a Hugging Face directory that loads offline with ``from_pretrained``.
+as a Hugging Face directory that loads offline with ``from_pretrained``. The zoo's second architecture
+(:mod:`uqmerge.zoo.hetero`, a ``LlavaNextForConditionalGeneration`` on the same language model) is loaded,
+prompted and fed pixels by the same functions.
 
 Prompts are rendered by the model's own chat template. The multiple-choice user text is the UQ
 format of :func:`uqmerge.core.prompts.format_user_text` (question, lettered options, the answer
@@ -80,13 +82,13 @@ def init_base_model(out_dir: str | Path, architecture: ZooArchitecture, *, seed:
 
 
 def load_zoo_model(path: str | Path) -> tuple[Any, Any]:
-    """Load a zoo model directory: ``(LlavaForConditionalGeneration in eval mode, LlavaProcessor)``."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    """Load a zoo model directory: ``(model in eval mode, processor)`` of its own class (LLaVA or LLaVA-NeXT)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     directory = Path(path)
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory} has no config.json; build the zoo first (uqmerge zoo build DIR)")
-    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(directory, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(directory)
     # A freshly initialised model's directory has no zoo generation config: without it, generation runs on
     # past ``<|end|>`` and exact match reads a right answer as wrong ("green green green green").
@@ -161,3 +163,25 @@ def normalise_pixels(pixels: torch.Tensor, processor: Any) -> torch.Tensor:
     mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, -1, 1, 1)
     return (pixels.to(torch.float32) * float(image_processor.rescale_factor) - mean) / std
+
+
+def pixel_inputs(pixels: torch.Tensor, processor: Any) -> dict[str, torch.Tensor]:
+    """The model's image inputs for uint8 ``pixels`` ``(n, 3, H, W)``, as its processor makes them.
+
+    LLaVA: ``pixel_values`` (:func:`normalise_pixels`). LLaVA-NeXT (an image processor with
+    ``image_grid_pinpoints``) with one grid point of the images' own size: the base image and its one tile
+    are both the image, so ``pixel_values`` is ``(n, 2, 3, H, W)`` with ``image_sizes`` ``(n, 2)``; other
+    grids are refused. ``tests/test_zoo_hetero.py`` checks both against the processor.
+    """
+    normalised = normalise_pixels(pixels, processor)
+    grid = getattr(processor.image_processor, "image_grid_pinpoints", None)
+    if grid is None:
+        return {"pixel_values": normalised}
+    size = [int(pixels.shape[-2]), int(pixels.shape[-1])]
+    if [list(point) for point in grid] != [size]:
+        raise ConfigError(f"the zoo feeds LLaVA-NeXT one tile: image_grid_pinpoints must be [{size}], got {grid}")
+    n = int(pixels.shape[0])
+    return {
+        "pixel_values": normalised.unsqueeze(1).expand(n, 2, *normalised.shape[1:]).contiguous(),
+        "image_sizes": torch.tensor([size] * n, dtype=torch.long).reshape(n, 2),
+    }

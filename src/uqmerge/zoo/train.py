@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from uqmerge.core.errors import ConfigError
 from uqmerge.core.prompts import LETTERS, SYSTEM_MESSAGES
 from uqmerge.core.seeds import stable_seed
-from uqmerge.zoo.model import answer_target, mc_prompt, normalise_pixels, open_prompt, pixel_tensor
+from uqmerge.zoo.model import answer_target, mc_prompt, open_prompt, pixel_inputs, pixel_tensor
 from uqmerge.zoo.tasks import TaskItem, mc_options
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,11 @@ class FamilyGate:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run: AdamW, linear warm-up then cosine decay to ``final_lr_fraction`` of ``lr``."""
+    """One training run: AdamW, linear warm-up then cosine decay to ``final_lr_fraction`` of ``lr``.
+
+    ``train_vision_tower`` / ``train_language_model``: whether the tower / the language model (and ``lm_head``)
+    train; the connector always trains.
+    """
 
     steps: int
     lr: float
@@ -115,6 +119,7 @@ class TrainConfig:
     final_lr_fraction: float = 0.1
     max_grad_norm: float = 1.0
     train_vision_tower: bool = True
+    train_language_model: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -258,12 +263,21 @@ def build_training_set(
 
 
 def vision_tower_of(model: nn.Module) -> nn.Module:
-    """The CLIP vision tower of a LLaVA model."""
+    """The vision tower of a LLaVA (CLIP) or LLaVA-NeXT (SigLIP in the zoo) model."""
     inner = getattr(model, "model", model)
     tower = getattr(inner, "vision_tower", None)
     if tower is None:
         raise ConfigError(f"{type(model).__name__} has no vision_tower; the zoo trains LLaVA models")
     return tower
+
+
+def language_model_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a LLaVA(-NeXT) model's language model: the Llama model and the ``lm_head``."""
+    inner = getattr(model, "model", model)
+    language_model = getattr(inner, "language_model", None)
+    if language_model is None:
+        raise ConfigError(f"{type(model).__name__} has no language_model; the zoo trains LLaVA models")
+    return [*language_model.parameters(), *model.get_output_embeddings().parameters()]
 
 
 @contextlib.contextmanager
@@ -309,7 +323,7 @@ def _sample_batch(
         "input_ids": pool.input_ids[rows, :width],
         "attention_mask": mask[:, :width],
         "labels": pool.labels[rows, :width],
-        "pixel_values": normalise_pixels(data.pixels[pool.image_index[rows]], processor),
+        **pixel_inputs(data.pixels[pool.image_index[rows]], processor),
     }
 
 
@@ -344,7 +358,8 @@ def train_model(
     on_step: Callable[[int, float], None] | None = None,
     gate: FamilyGate | None = None,
 ) -> TrainStats:
-    """Train ``model`` in place for ``config.steps`` steps; the vision tower is frozen unless configured.
+    """Train ``model`` in place for ``config.steps`` steps; the vision tower and the language model are frozen
+    where ``config`` says so (``train_vision_tower``, ``train_language_model``).
 
     ``on_step(step, loss)`` is called after every step (for progress bars, and for whoever steers
     ``gate``, which restricts batches to some families and may stop training early). The model is left
@@ -353,11 +368,15 @@ def train_model(
     """
     if not any(len(pool) for pool in data.pools.values()):
         raise ConfigError("the training set is empty; give the expert at least one task family with items")
-    tower_params = {id(p) for p in vision_tower_of(model).parameters()}
+    frozen: set[int] = set()
+    if not config.train_vision_tower:
+        frozen |= {id(p) for p in vision_tower_of(model).parameters()}
+    if not config.train_language_model:
+        frozen |= {id(p) for p in language_model_parameters(model)}
     saved_flags = [(p, p.requires_grad) for p in model.parameters()]
     params = []
     for p in model.parameters():
-        p.requires_grad_(config.train_vision_tower or id(p) not in tower_params)
+        p.requires_grad_(id(p) not in frozen)
         if p.requires_grad:
             params.append(p)
     decay = [p for p in params if p.ndim >= 2]
