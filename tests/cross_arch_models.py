@@ -113,12 +113,14 @@ def qwen2_audio(out: Path, seed: int) -> Path:
     return _save(tf.Qwen2AudioForConditionalGeneration(config), out, seed)
 
 
-def tiny_llava(out: Path, seed: int) -> Path:
-    """A tiny LLaVA-1.5 (Llama text, CLIP vision) saved by transformers: legacy names ``language_model.model.*``."""
-    import transformers as tf
+def llama_text() -> dict[str, Any]:
+    """The shared tiny text config as a Llama with two KV heads (the LLaVA side of the Llama pairs)."""
+    return {"model_type": "llama", **qwen2_text(), "num_key_value_heads": 2}
 
-    text = {"model_type": "llama", **qwen2_text(), "num_key_value_heads": 2}
-    vision = {
+
+def clip_vision() -> dict[str, Any]:
+    """A tiny CLIP vision tower on 32×32 images."""
+    return {
         "model_type": "clip_vision_model",
         "hidden_size": 16,
         "intermediate_size": 32,
@@ -127,7 +129,13 @@ def tiny_llava(out: Path, seed: int) -> Path:
         "image_size": 32,
         "patch_size": 8,
     }
-    config = tf.LlavaConfig(text_config=text, vision_config=vision, image_token_index=60)
+
+
+def tiny_llava(out: Path, seed: int) -> Path:
+    """A tiny LLaVA-1.5 (Llama text, CLIP vision) saved by transformers: legacy names ``language_model.model.*``."""
+    import transformers as tf
+
+    config = tf.LlavaConfig(text_config=llama_text(), vision_config=clip_vision(), image_token_index=60)
     return _save(tf.LlavaForConditionalGeneration(config), out, seed)
 
 
@@ -146,6 +154,15 @@ def write_synthetic(out: Path, tensors: dict[str, torch.Tensor], model_type: str
 
 def _rand(generator: torch.Generator, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=generator) * 0.05
+
+
+def _outer_llm(llava: dict[str, torch.Tensor], g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random embeddings, final norm and head of ``llava``'s shapes under the remote-code names ``model.*``."""
+    return {
+        "model.embed_tokens.weight": _rand(g, *llava["language_model.model.embed_tokens.weight"].shape),
+        "model.norm.weight": _rand(g, *llava["language_model.model.norm.weight"].shape),
+        "lm_head.weight": _rand(g, *llava["language_model.lm_head.weight"].shape),
+    }
 
 
 def cogvlm_state(llava: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -171,9 +188,7 @@ def cogvlm_state(llava: dict[str, torch.Tensor], seed: int) -> dict[str, torch.T
                 )
         for norm in ("input_layernorm", "post_attention_layernorm"):
             out[f"model.layers.{i}.{norm}.weight"] = _rand(g, *llava[f"{src}{norm}.weight"].shape)
-    out["model.embed_tokens.weight"] = _rand(g, *llava["language_model.model.embed_tokens.weight"].shape)
-    out["model.norm.weight"] = _rand(g, *llava["language_model.model.norm.weight"].shape)
-    out["lm_head.weight"] = _rand(g, *llava["language_model.lm_head.weight"].shape)
+    out.update(_outer_llm(llava, g))
     out["model.vision.patch_embedding.proj.weight"] = _rand(g, 16, 3, 8, 8)
     out["model.vision.transformer.layers.0.attention.query_key_value.weight"] = _rand(g, 48, 16)
     return out
@@ -196,9 +211,7 @@ def mplug_owl2_state(llava: dict[str, torch.Tensor], seed: int) -> dict[str, tor
                 out[f"{stem}.multiway.{copy}.{leaf}"] = _rand(g, *tensor.shape)
         else:
             out[rest] = _rand(g, *tensor.shape)
-    out["model.embed_tokens.weight"] = _rand(g, *llava["language_model.model.embed_tokens.weight"].shape)
-    out["model.norm.weight"] = _rand(g, *llava["language_model.model.norm.weight"].shape)
-    out["lm_head.weight"] = _rand(g, *llava["language_model.lm_head.weight"].shape)
+    out.update(_outer_llm(llava, g))
     out["model.vision_model.embeddings.patch_embed.weight"] = _rand(g, 16, 3, 8, 8)
     out["model.visual_abstractor.encoder.layers.0.crossattention.attention.query.weight"] = _rand(g, 16, 16)
     return out

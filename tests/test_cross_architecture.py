@@ -135,17 +135,21 @@ def test_another_vocabulary_keeps_the_target_embeddings_and_lists_them(models, t
     assert "shape [72, 32]" in recorded["maps"][0]["kept"]["lm_head.weight"]
 
 
-def test_task_arithmetic_across_architectures_takes_task_vectors_from_the_ancestor(models, tmp_path):
+def _across_with_ancestor(models, tmp_path: Path, method: str, parameters: dict) -> tuple[dict, ...]:
+    """Qwen2-VL and LLaVA-OneVision merged by ``method`` with task vectors from the ancestor; every state dict."""
     out = _merge(
         tmp_path,
-        merge_method="task_arithmetic",
+        merge_method=method,
         base_model=str(models["qwen2vl"]),
         ancestor=str(models["ancestor"]),
         models=[{"model": str(models["qwen2vl"])}, {"model": str(models["ov"])}],
-        parameters={"lambda": 0.5},
+        parameters=parameters,
     )
-    m1, m2, anc = (tiny.state(models[k]) for k in ("qwen2vl", "ov", "ancestor"))
-    merged = tiny.state(out)
+    return (*(tiny.state(models[k]) for k in ("qwen2vl", "ov", "ancestor")), tiny.state(out))
+
+
+def test_task_arithmetic_across_architectures_takes_task_vectors_from_the_ancestor(models, tmp_path):
+    m1, m2, anc, merged = _across_with_ancestor(models, tmp_path, "task_arithmetic", {"lambda": 0.5})
     for key in m1:
         if _is_llm(key):
             expected = anc[key] + 0.5 * ((m1[key] - anc[key]) + (m2[_ov_key(key)] - anc[key]))
@@ -155,16 +159,7 @@ def test_task_arithmetic_across_architectures_takes_task_vectors_from_the_ancest
 
 
 def test_ties_across_architectures_runs_on_the_mapped_task_vectors(models, tmp_path):
-    out = _merge(
-        tmp_path,
-        merge_method="ties",
-        base_model=str(models["qwen2vl"]),
-        ancestor=str(models["ancestor"]),
-        models=[{"model": str(models["qwen2vl"])}, {"model": str(models["ov"])}],
-        parameters={"density": 1.0},
-    )
-    m1, m2, anc = (tiny.state(models[k]) for k in ("qwen2vl", "ov", "ancestor"))
-    merged = tiny.state(out)
+    m1, m2, anc, merged = _across_with_ancestor(models, tmp_path, "ties", {"density": 1.0})
     key = "model.layers.0.mlp.up_proj.weight"
     taus = torch.stack([m1[key] - anc[key], m2[_ov_key(key)] - anc[key]])
     sign = torch.sign(taus.sum(0))

@@ -188,16 +188,7 @@ def test_every_shipped_mapping_file_validates():
 def test_shipped_llava_to_llava_next_mapping_interpolates_the_llm_and_keeps_next_s_own_parts(llava, tmp_path):
     import transformers as tf
 
-    text = {"model_type": "llama", **tiny.qwen2_text(), "num_key_value_heads": 2}
-    vision = {
-        "model_type": "clip_vision_model",
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 1,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    text, vision = tiny.llama_text(), tiny.clip_vision()
     config = tf.LlavaNextConfig(
         text_config=text, vision_config=vision, image_token_index=60, image_grid_pinpoints=[[32, 32]]
     )

@@ -299,7 +299,8 @@ class _Executor:
         base = self.inputs.raw(base_reader, task.name)
         if not base.is_floating_point():
             return base
-        if not self.plan.config.verify_keep_base:
+        verified = self.plan.models_to_verify(task.name) if self.plan.config.verify_keep_base else []
+        if not verified:
             return base
         bounds = (
             row_bounds(base.shape[0], rows_per_block(base.shape, _KEEP_BASE_BYTES_PER_ELEMENT, self.max_block_bytes))
@@ -310,7 +311,7 @@ class _Executor:
             base_rows = self.inputs.compute(
                 base if rows is None else base[rows[0] : rows[1]], base_reader.path, task.name, check=False
             )
-            for reader in self.plan.models:
+            for reader in verified:
                 raw = self.inputs.raw(reader, task.name, rows)
                 diff = max_difference(self.inputs.compute(raw, reader.path, task.name, check=False), base_rows)
                 if diff > 0:

@@ -90,9 +90,10 @@ def merge_modalities(
                 raise ConfigError(
                     f"{reader.path}: a LoRA adapter has no architecture of its own to write in a modality merge"
                 )
-            forward = plan.maps.get(str(expert.path)) or TensorMap(expert.path, plan.output.path, "same architecture")
-            if not forward.entries:  # the expert has the base's own architecture: its names are the base's
-                forward.entries.update({n: Copy(n) for n in plan.output.names})
+            # An expert of the base's own architecture has no map: its names are the base's.
+            forward = plan.maps.get(str(expert.path)) or TensorMap(
+                expert.path, plan.output.path, "same architecture", {n: Copy(n) for n in plan.output.names}
+            )
             export = _export_plan(plan, expert, inverse_map(forward, merged, llm_dir, expert.path), llm)
             sink = DiskSink(export, staging / name, max_shard_size=max_shard_size)
             execute_plan(export, sink, device=device, **{**execute, "quiet": True})

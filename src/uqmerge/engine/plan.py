@@ -91,9 +91,17 @@ class MergePlan:
         for t in self.tasks:
             if t.action is None or t.action.method.requires_base:
                 total += self.base.info(t.name).nbytes
-            if t.action is not None or (self.config.verify_keep_base and t.out_dtype.is_floating_point):
+            if t.action is not None:
                 total += sum(m.info(t.name).nbytes for m in self.models)
+            elif self.config.verify_keep_base and t.out_dtype.is_floating_point:
+                total += sum(m.info(t.name).nbytes for m in self.models_to_verify(t.name))
         return total
+
+    def models_to_verify(self, name: str) -> list[ModelReader | MappedReader]:
+        """The models whose copy of kept tensor ``name`` is compared with the base's: all but those that read the
+        very same stored bytes (a model of another architecture reads the base's own tensor where it has none)."""
+        base = self.base.info(name)
+        return [m for m in self.models if m.info(name) != base]
 
     def counts(self) -> dict[str, int]:
         """Number of tensors per method name (``keep_base`` for copies)."""

@@ -94,7 +94,10 @@ def resolve_mapping(name_or_path: str) -> Path:
 
 def load_mapping_file(name_or_path: str) -> MappingFile:
     """Read and validate a mapping file (a ConfigError names the file and key on error)."""
-    path = resolve_mapping(name_or_path)
+    return _read(resolve_mapping(name_or_path))
+
+
+def _read(path: Path) -> MappingFile:
     return validate_config(MappingFile, read_yaml(path), str(path))
 
 
@@ -158,8 +161,8 @@ def _shape_problem(op: SourceOp, want: tuple[int, ...], source: CheckpointReader
 
 def map_from_file(target: CheckpointReader, source: CheckpointReader, name_or_path: str) -> TensorMap:
     """The map a mapping file gives from ``source`` onto ``target``'s tensor names."""
-    spec = load_mapping_file(name_or_path)
     path = resolve_mapping(name_or_path)
+    spec = _read(path)
     compiled = [(rule, re.compile(rule.target)) for rule in spec.rules]
     skips = {
         id(rule): _config_value(target.config, rule.renumber.skip, target.path)
