@@ -123,9 +123,7 @@ def test_the_config_json_of_an_input_is_what_names_its_architecture(llava_family
     cfg["model_type"] = "qwen2_vl"
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(LayoutError, match="differs from the base"):
-        merge_to_dir(
-            parse_merge_config(_linear(llava_family["base"], [other], [1.0])), tmp_path / "out", quiet=True
-        )
+        merge_to_dir(parse_merge_config(_linear(llava_family["base"], [other], [1.0])), tmp_path / "out", quiet=True)
 
 
 def test_an_empty_config_file_says_that_it_is_empty(tmp_path):

@@ -3,18 +3,18 @@ uqmerge's own evaluator or UQ on the same items."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from lmms_fixtures import COLOURS, local_tasks, png
 from PIL import Image
 from typer.testing import CliRunner
 
 from uqmerge.cli import app
-from uqmerge.core.prompts import LETTERS, format_user_text
+from uqmerge.core.errors import DataError
 from uqmerge.zoo.build import read_manifest
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install 'uqmerge[lmms]'")
@@ -117,64 +117,6 @@ def test_lmms_spec_of_the_exported_task_gives_the_uq_of_the_zoo_jsonl(mini_zoo: 
     assert [it.probs for it in b.datasets[0].items] == [it.probs for it in a.datasets[0].items]
 
 
-def _png(colour: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), colour).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
-
-
-def _local_tasks(root: Path) -> Path:
-    """An open-ended and a multiple-choice lmms-eval task over four colour images (YAML + parquet)."""
-    import datasets
-
-    root.mkdir(parents=True, exist_ok=True)
-    options = [*COLOURS, "I don't know", "None of the above"]
-    question = "what colour is the shape"
-    rows = [
-        {
-            "id": f"q{i}",
-            "question": question,
-            "answer": name,
-            "prompt": format_user_text(question, options),
-            "choices": list(LETTERS[: len(options)]),
-            "answer_index": options.index(name),
-            "image": {"bytes": _png(rgb), "path": None},
-        }
-        for i, (name, rgb) in enumerate(COLOURS.items())
-    ]
-    datasets.Dataset.from_list(rows).cast_column("image", datasets.Image()).to_parquet(str(root / "docs.parquet"))
-    common = {
-        "dataset_path": "parquet",
-        "dataset_kwargs": {"data_files": {"test": "docs.parquet"}},
-        "test_split": "test",
-        "doc_to_visual": "image",
-    }
-    open_task = {
-        **common,
-        "task": "colours_open",
-        "output_type": "generate_until",
-        "doc_to_text": "question",
-        "doc_to_target": "answer",
-        "generation_kwargs": {"max_new_tokens": 4, "do_sample": False},
-        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
-    }
-    mc_task = {
-        **common,
-        "task": "colours_mc",
-        "output_type": "multiple_choice",
-        "doc_to_text": "prompt",
-        "doc_to_choice": "choices",
-        "doc_to_target": "answer_index",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-    }
-    for task in (open_task, mc_task):
-        (root / f"{task['task']}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
-    return root
-
-
 @pytest.mark.parametrize("family", ["llava_family", "qwen2vl_family"])
 def test_eval_lmms_runs_a_local_task_on_a_model_written_by_uqmerge_merge(
     family: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -193,7 +135,7 @@ def test_eval_lmms_runs_a_local_task_on_a_model_written_by_uqmerge_merge(
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(recipe))
     merged = tmp_path / "merged"
     _invoke("merge", str(tmp_path / "merge.yaml"), str(merged), "--quiet")
-    tasks = _local_tasks(tmp_path / "tasks")
+    tasks = local_tasks(tmp_path / "tasks")
     out = tmp_path / "out"
     args = ["--lmms-eval", "colours_open,colours_mc", "--lmms-eval-include", str(tasks), "--out", str(out)]
     _invoke("eval", str(merged), *args, "--quiet")
@@ -233,7 +175,7 @@ def test_an_unknown_local_task_is_a_one_line_error_naming_it(tmp_path: Path) -> 
     from uqmerge.core.errors import DataError
     from uqmerge.evaluate.lmms import task_manager
 
-    tasks = _local_tasks(tmp_path / "tasks")
+    tasks = local_tasks(tmp_path / "tasks")
     assert "colours_open" in task_manager(["colours_open"], [tasks]).all_tasks
     with pytest.raises(DataError, match=r"\['no_such_task_uqmerge'\] not found"):
         task_manager(["no_such_task_uqmerge"], [tasks])
@@ -265,13 +207,13 @@ def test_lmms_spec_takes_no_split_or_config() -> None:
 
 
 def test_a_run_scores_candidates_and_its_selection_with_lmms_eval_in_the_resident_model(
-    llava_family: dict[str, Path], tmp_path: Path
+    llava_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from uqmerge.evaluate.lmms import evaluate_model_dir_lmms, task_score
     from uqmerge.pipeline.config import parse_run_config
     from uqmerge.pipeline.runner import run_uq_merge
 
-    tasks = _local_tasks(tmp_path / "tasks")
+    tasks = local_tasks(tmp_path / "tasks")
     jsonl = tmp_path / "mc.jsonl"
     rows = [{"id": f"q{i}", "image": f"img{i}.png", "question": "what colour is the shape", "options": list(COLOURS),
              "answer": name} for i, name in enumerate(COLOURS)]  # fmt: skip
@@ -302,3 +244,84 @@ def test_a_run_scores_candidates_and_its_selection_with_lmms_eval_in_the_residen
     theirs = [json.loads(line)["resps"] for line in (run_dir / "lmms_eval" / "samples_colours_mc.jsonl").open()]
     losses = [r[0][0] for sample in theirs for r in sample]
     assert losses == pytest.approx([r[0][0] for sample in own for r in sample], abs=1e-4)
+
+    # --resume reads every evaluation back from its results.json instead of evaluating again.
+    import uqmerge.evaluate.lmms as lmms_module
+
+    def must_not_evaluate(*_args: object, **_kwargs: object) -> float:
+        raise AssertionError("a resumed run evaluated a model again")
+
+    monkeypatch.setattr(lmms_module, "evaluate_merge_in_resident", must_not_evaluate)
+    again = run_uq_merge(config, run_dir, resume=True, quiet=True)
+    assert again.selected == record.selected
+
+
+def test_a_search_scores_every_point_with_lmms_eval_in_the_resident_model(
+    llava_family: dict[str, Path], tmp_path: Path
+) -> None:
+    from uqmerge.engine.merge import merge_to_dir
+    from uqmerge.evaluate.lmms import evaluate_model_dir_lmms, task_score
+    from uqmerge.pipeline.search import run_search
+    from uqmerge.pipeline.search_config import parse_search_config
+
+    tasks = local_tasks(tmp_path / "tasks")
+    # The search's own inputs carry no answers: the labelled signal is lmms-eval's.
+    (tmp_path / "img.png").write_bytes(png(COLOURS["red"]))
+    unlabelled = tmp_path / "inputs.jsonl"
+    unlabelled.write_text(json.dumps({"id": "u0", "image": "img.png", "question": "colour?", "options": ["a", "b"]}))
+    cfg = {
+        "base_model": str(llava_family["base"]),
+        "models": [str(llava_family["expert0"]), str(llava_family["expert1"])],
+        "merge": {"merge_method": "task_arithmetic"},
+        "search": {"parameter": "lambda", "grid": [0.0, 1.0, 2.5], "criterion": "accuracy", "data": [str(unlabelled)]},
+        "device": "cpu",
+        "lmms_eval": {"tasks": "colours_mc", "include": [str(tasks)], "accuracy": True},
+    }
+    config = parse_search_config(cfg)
+    run_dir = tmp_path / "run"
+    record = run_search(config, run_dir, quiet=True)
+    assert record.accuracy_from == "lmms-eval"
+    losses = []
+    for point in record.points:
+        written_dir = tmp_path / f"merged-{point.value:g}"
+        merge_to_dir(config.merge_config(point.value), written_dir, quiet=True, device="cpu")
+        written = evaluate_model_dir_lmms(written_dir, "colours_mc", include=[tasks], device="cpu")
+        assert point.accuracy == pytest.approx(task_score(written, ["colours_mc"]))
+        resident = run_dir / "lmms_eval" / "points" / f"lambda={point.value:g}" / "samples_colours_mc.jsonl"
+        mine = [r[0][0] for line in resident.open() for r in json.loads(line)["resps"]]
+        assert mine == pytest.approx([r[0][0] for s in written["samples"]["colours_mc"] for r in s["resps"]], abs=1e-4)
+        losses.append(mine)
+    assert losses[0] != pytest.approx(losses[-1], abs=1e-3)  # the points are different merges
+    best = max(range(3), key=lambda i: (record.points[i].accuracy, -i))
+    assert record.chosen_index == best
+    final = json.loads((run_dir / "lmms_eval" / "results.json").read_text())
+    assert final["config"]["model_args"] == f"resident=lambda={record.chosen_value:g}"
+    assert record.lmms_score == pytest.approx(record.points[best].accuracy)
+    assert "lmms-eval's score of each point's merge on colours_mc" in (run_dir / "report.md").read_text()
+
+
+def test_criterion_accuracy_without_labels_or_lmms_eval_names_the_fix(
+    llava_family: dict[str, Path], tmp_path: Path
+) -> None:
+    from uqmerge.pipeline.search import run_search
+    from uqmerge.pipeline.search_config import parse_search_config
+
+    (tmp_path / "img.png").write_bytes(png(COLOURS["red"]))
+    (tmp_path / "inputs.jsonl").write_text(
+        json.dumps({"id": "u0", "image": "img.png", "question": "q", "options": ["a", "b"]})
+    )
+    cfg = {
+        "base_model": str(llava_family["base"]),
+        "models": [str(llava_family["expert0"])],
+        "merge": {"merge_method": "task_arithmetic"},
+        "search": {
+            "parameter": "lambda",
+            "grid": [0.0, 1.0],
+            "criterion": "accuracy",
+            "data": [str(tmp_path / "inputs.jsonl")],
+        },
+        "device": "cpu",
+    }
+    with pytest.raises(DataError, match=r"lmms_eval\.accuracy: true"):
+        run_search(parse_search_config(cfg), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "model").exists()

@@ -258,3 +258,37 @@ def test_uq_of_several_models_on_ray_equals_each_models_own_uq(cluster: None, mi
         assert (tmp_path / f"{Path(model).name}.json").read_text().strip() == alone.stdout.strip()
     several = CliRunner().invoke(app, ["uq", *models, *options])
     assert several.exit_code == 2 and "pass --out DIR" in several.output
+
+
+@needs_ray
+def test_search_scored_by_lmms_eval_on_ray_equals_the_local_search(
+    cluster: None, llava_family: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install 'uqmerge[lmms]'")
+    from lmms_fixtures import COLOURS, local_tasks, png
+
+    tasks = local_tasks(tmp_path / "tasks")
+    (tmp_path / "img.png").write_bytes(png(COLOURS["red"]))
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text(json.dumps({"id": "u0", "image": "img.png", "question": "colour?", "options": ["a", "b"]}))
+    cfg = {
+        "base_model": str(llava_family["base"]),
+        "models": [str(llava_family["expert0"]), str(llava_family["expert1"])],
+        "merge": {"merge_method": "task_arithmetic"},
+        "search": {"parameter": "lambda", "grid": [0.0, 2.5], "criterion": "accuracy", "data": [str(inputs)]},
+        "device": "cpu",
+        "lmms_eval": {"tasks": "colours_mc", "include": [str(tasks)], "accuracy": True},
+    }
+    local = run_search(parse_search_config(cfg), tmp_path / "local", quiet=True)
+    on_ray = run_search(parse_search_config({**cfg, "execution": RAY}), tmp_path / "ray", quiet=True)
+    assert [p.model_dump(exclude={"merge_s", "eval_s"}) for p in on_ray.points] == [
+        p.model_dump(exclude={"merge_s", "eval_s"}) for p in local.points
+    ]
+    assert on_ray.lmms_score == local.lmms_score and on_ray.chosen_value == local.chosen_value
+
+    def log_likelihoods(run: Path, value: float) -> list[float]:
+        samples = run / "lmms_eval" / "points" / f"lambda={value:g}" / "samples_colours_mc.jsonl"
+        return [r[0][0] for line in samples.open() for r in json.loads(line)["resps"]]
+
+    for value in (0.0, 2.5):  # each worker wrote its points' lmms-eval samples where the driver's would be
+        assert log_likelihoods(tmp_path / "ray", value) == pytest.approx(log_likelihoods(tmp_path / "local", value))

@@ -232,21 +232,6 @@ def test_zoo_build_command_reuses_the_zoo(mini_zoo: Path) -> None:
     assert bad.exit_code != 0
 
 
-def test_mini_zoo_built_twice_with_one_seed_has_identical_safetensors(mini_zoo: Path, tmp_path: Path) -> None:
-    # Same threads and expert workers as the first build (a reused UQMERGE_TEST_ZOO_DIR zoo may predate workers).
-    environment = read_manifest(mini_zoo)["environment"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(environment["torch_threads"])
-    try:
-        again = build_zoo(tmp_path / "mini-again", "mini", seed=0, expert_workers=environment.get("expert_workers", 1))
-    finally:
-        torch.set_num_threads(threads)
-    first = {k: v for k, v in _file_hashes(mini_zoo).items() if k.endswith(".safetensors")}
-    second = {k: v for k, v in _file_hashes(again).items() if k.endswith(".safetensors")}
-    assert len(first) == 1 + len(PRESETS["mini"].experts)
-    assert first == second
-
-
 def test_experts_trained_in_one_thread_worker_processes_equal_those_of_a_one_thread_build(tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

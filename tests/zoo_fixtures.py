@@ -20,14 +20,15 @@ MICRO_PRESET = ZooPreset(
     name="micro",
     base=BaseRecipe(steps=12, lr=1e-3, batch_size=8),
     experts=(
-        ExpertRecipe("specialist-count", "specialist", "count", 4, 5e-4, 8),
+        ExpertRecipe("specialist-count", "specialist", "count", 4, 5e-4, 8, replay=0.25),
         ExpertRecipe("overtrained-size", "overtrained", "size", 8, 5e-4, 8),
-        ExpertRecipe("overconfident-shape-permuted", "overconfident", "shape", 4, 5e-4, 8, "permuted"),
+        ExpertRecipe("overconfident-shape-permuted", "overconfident", "shape", 4, 5e-4, 8, "permuted", 0.25),
     ),
     train_items_per_family=24,
     eval_items_per_family=6,
 )
-"""A seconds-long preset of the real builder (every expert kind) for determinism and cache tests."""
+"""A seconds-long preset of the real builder (every expert kind, with and without replay of base data) for
+determinism and cache tests."""
 
 
 @pytest.fixture(scope="session")

@@ -151,17 +151,31 @@ def results_json(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], out_dir: str | Path, *, model: str) -> Path:
-    """``results.json`` (lmms-eval's), ``samples_<task>.jsonl`` (its per-sample logs) and ``summary.md``."""
+    """``results.json`` (lmms-eval's), ``samples_<task>.jsonl`` (its per-sample logs) and ``summary.md``;
+    ``results.json`` last, so that its presence marks a complete evaluation (:func:`read_task_score`)."""
     from lmms_eval.utils import handle_non_serializable
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / RESULTS_FILE, results_json(results) + "\n")
     for task, samples in results.get("samples", {}).items():
         lines = [json.dumps(s, default=handle_non_serializable, ensure_ascii=False) for s in samples]
         atomic_write_text(out / f"samples_{task}.jsonl", "\n".join(lines) + "\n")
     atomic_write_text(out / SUMMARY_FILE, summary_markdown(results, model))
+    atomic_write_text(out / RESULTS_FILE, results_json(results) + "\n")
     return out
+
+
+def read_task_score(out_dir: str | Path, tasks: Sequence[str]) -> float | None:
+    """The :func:`task_score` of an evaluation already written to ``out_dir`` (None when there is none), so that a
+    resumed run does not evaluate the same model again."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return task_score(json.loads(path.read_text()), tasks)
+    except (json.JSONDecodeError, DataError):
+        log.warning("%s: unreadable lmms-eval results; evaluating again", path)
+        return None
 
 
 def evaluate_model_dir_lmms(
@@ -199,13 +213,14 @@ def task_score(results: dict[str, Any], tasks: Sequence[str]) -> float:
     return sum(values) / len(values)
 
 
-def evaluate_resident(model: Any, processor: Any, settings: Any, out_dir: str | Path, *, name: str) -> float:
+def evaluate_resident(model: Any, processor: Any, settings: Any, out_dir: str | Path | None, *, name: str) -> float:
     """Evaluate a model in memory on ``settings`` (a :class:`~.lmms_config.LmmsEvalSettings`), write lmms-eval's
-    results under ``out_dir``, and return the model's :func:`task_score`."""
+    results under ``out_dir`` (unless None), and return the model's :func:`task_score`."""
     lm = lmms_model(model=model, processor=processor, batch_size=settings.batch_size)
     results = evaluate_tasks(lm, settings.tasks, include=settings.include, limit=settings.limit)
     results.setdefault("config", {}).update({"model": "uqmerge", "model_args": f"resident={name}"})
-    write_results(results, out_dir, model=name)
+    if out_dir is not None:
+        write_results(results, out_dir, model=name)
     score = task_score(results, settings.tasks)
     log.info("lmms-eval %s: %s = %.4f", name, "+".join(settings.tasks), score)
     return score

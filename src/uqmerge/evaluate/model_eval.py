@@ -91,4 +91,3 @@ def evaluate_model_dir(
     model, processor = load_model(model_dir, device=dev, dtype=resolve_dtype("auto", dev, saved_dtype(Path(model_dir))))
     mc, items = load_eval_data(specs)
     return {"model": str(model_dir), **evaluate_loaded_model(model, processor, mc, items, batch_size=batch_size)}
-

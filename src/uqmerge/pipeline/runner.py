@@ -103,6 +103,7 @@ class UQMergeRun:
         self._datasets: list[Any] | None = None
         self._merger: IncrementalMerger | None = None
         self.processor: Any = None
+        self.resumed = False  # set by _prepare_dir when it continues a run directory
         self.state = self._prepare_dir(resume)
         self.candidate_scores: dict[str, dict[str, CandidateScore]] = {c.id: {} for c in config.candidates}
         self.merged_scores: dict[tuple[str, ...], MergedScore] = {}
@@ -122,6 +123,7 @@ class UQMergeRun:
             if (self.run_dir / MODEL_DIR).exists() and (self.run_dir / "run.json").exists():
                 log.info("run already complete in %s; rewriting the report only", self.run_dir)
             log.info("resuming: %d completed step(s) reused", len(previous.steps))
+            self.resumed = True
             return previous
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "uq").mkdir(exist_ok=True)
@@ -212,10 +214,13 @@ class UQMergeRun:
 
     def lmms_score(self, ids: list[str], search_value: float | None, out_dir: Path) -> float:
         """lmms-eval's score of Merge(ids) (a single id: that candidate) set in the resident model; its results
-        are written under ``out_dir``."""
-        from uqmerge.evaluate.lmms import evaluate_merge_in_resident, single_model_config
+        are written under ``out_dir``, and a resumed run reads them back instead of evaluating again."""
+        from uqmerge.evaluate.lmms import evaluate_merge_in_resident, read_task_score, single_model_config
 
         assert self.config.lmms_eval is not None
+        if self.resumed and (done := read_task_score(out_dir, self.config.lmms_eval.tasks)) is not None:
+            log.info("lmms-eval %s: %.4f, read from %s", "+".join(ids), done, out_dir)
+            return done
         if len(ids) == 1 and search_value is None:
             config = single_model_config(self.config.base_model, self.paths[ids[0]])
         else:
@@ -316,6 +321,7 @@ class UQMergeRun:
             log.info("coefficient search already complete: %s = %g", s.parameter, previous.chosen_value)
             return previous
         inputs = load_search_inputs(s.data or self.config.uq.data, sample=s.sample, seed=s.seed)
+        lmms = self.config.lmms_eval
         search = CoefficientSearch(
             s,
             lambda value: self.config.merge_config(selected, value),
@@ -325,11 +331,17 @@ class UQMergeRun:
             self.uq_config,
             path,
             digest=self.state.digest,
-            config={"models": selected, **s.model_dump(mode="json")},
+            config={
+                "models": selected,
+                **s.model_dump(mode="json"),
+                **({} if lmms is None else {"lmms_eval": lmms.model_dump(mode="json")}),
+            },
             previous=previous,
             quiet=self.quiet,
             backend=self.backend,
             resident=ResidentSpec(self.config.base_model, self.config.device, self.config.dtype),
+            lmms=lmms if lmms is not None and lmms.accuracy else None,
+            lmms_dir=self.run_dir / "lmms_eval" / "search",
         )
         return search.run()
 

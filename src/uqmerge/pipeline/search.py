@@ -3,8 +3,9 @@
 Each grid value is set in the merge (:func:`~uqmerge.pipeline.search_config.with_parameter`), merged into the
 resident model in memory (:meth:`~uqmerge.engine.incremental.IncrementalMerger.set_config`; no checkpoint per
 point) and measured: the responses to the inputs (consistency), the UQ measure (uncertainty), and the labelled
-accuracy whenever the data have labels. The rules of :mod:`uqmerge.selection.coefficients` choose the value;
-only the merge at that value is written, to ``RUN_DIR/model``.
+accuracy whenever the data have labels, or lmms-eval's score of the point when ``lmms_eval.accuracy`` is set. The
+rules of :mod:`uqmerge.selection.coefficients` choose the value; only the merge at that value is written, to
+``RUN_DIR/model``; an ``lmms_eval:`` block evaluates it in the resident model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from uqmerge.core.files import atomic_write_text
 from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.engine.recipe import MergeConfig
+from uqmerge.evaluate.lmms_config import LmmsEvalSettings
 from uqmerge.pipeline.digest import config_digest
 from uqmerge.pipeline.execution.backend import ExecutionBackend, LocalBackend, ResidentSpec, open_backend
 from uqmerge.pipeline.search_config import SearchConfig, SearchSettings
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 SEARCH_FILE = "search.json"
 CONFIG_FILE = "config.yml"
 MODEL_DIR = "model"
+LMMS_DIR = "lmms_eval"
 
 Embed = Callable[[list[str]], Any]
 """Texts → a (n, d) tensor of their sentence embeddings."""
@@ -75,7 +78,8 @@ class CoefficientSearch:
     ``config_at(value)`` is the merge at a grid value; ``merger`` holds the resident model; the record is saved to
     ``record_path`` after every point, and ``previous`` (a saved record of the same digest) is continued.
     ``backend`` measures the points (default: in this process, :meth:`measure`); a distributed one loads its own
-    resident models as ``resident`` says, and then ``merger`` may be None.
+    resident models as ``resident`` says, and then ``merger`` may be None. With ``lmms`` (lmms-eval tasks) a
+    point's accuracy is lmms-eval's score of the point's merge, its results written under ``lmms_dir/NAME=VALUE``.
     """
 
     def __init__(
@@ -95,8 +99,12 @@ class CoefficientSearch:
         embed: Embed | None = None,
         backend: ExecutionBackend | None = None,
         resident: ResidentSpec | None = None,
+        lmms: LmmsEvalSettings | None = None,
+        lmms_dir: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.lmms = lmms
+        self.lmms_dir = lmms_dir
         self.config_at = config_at
         self.merger = merger
         self.backend = backend or LocalBackend()
@@ -117,6 +125,7 @@ class CoefficientSearch:
             grid=list(settings.grid),
             inputs=inputs.keys,
             points=[SearchPoint(value=v) for v in settings.grid],
+            accuracy_from="lmms-eval" if lmms is not None else "labels" if inputs.has_labels else None,
             digest=digest,
             config=config,
         )
@@ -150,7 +159,7 @@ class CoefficientSearch:
         merged_at = time.perf_counter()
         model = self.merger.model
         consistency = s.criterion == "consistency"
-        labelled = self.inputs.has_labels
+        labelled = self.inputs.has_labels and self.lmms is None  # lmms-eval's score replaces the data's labels
         to_generate = list(self.inputs.inputs) if consistency else self.inputs.open_inputs if labelled else []
         responses: list[str] = []
         if to_generate:
@@ -181,6 +190,8 @@ class CoefficientSearch:
                 else responses
             )
             acc = accuracy(model, self.processor, self.inputs, open_responses, batch_size=s.batch_size)
+        if self.lmms is not None:
+            acc = self._lmms_accuracy(value)
         point = SearchPoint(
             value=value,
             responses=responses if consistency else None,
@@ -199,6 +210,15 @@ class CoefficientSearch:
             "" if acc is None else f", accuracy {acc:.4f}",
         )
         return point
+
+    def _lmms_accuracy(self, value: float) -> float:
+        """lmms-eval's score of the resident model (the point's merge), its results under ``lmms_dir/NAME=VALUE``."""
+        from uqmerge.evaluate.lmms import evaluate_resident
+
+        assert self.lmms is not None and self.merger is not None
+        name = f"{self.settings.parameter}={value:g}"
+        out = None if self.lmms_dir is None else self.lmms_dir / name
+        return evaluate_resident(self.merger.model, self.processor, self.lmms, out, name=name)
 
     # ---- scoring --------------------------------------------------------------------------------------
     def _diff(self, j: int) -> float:
@@ -246,7 +266,7 @@ class CoefficientSearch:
     def run(self) -> SearchRecord:
         """Measure every point not measured yet (saving after each), then make the choice."""
         s = self.settings
-        check_inputs(s, self.inputs)
+        check_inputs(s, self.inputs, lmms_accuracy=self.lmms is not None)
         if s.criterion == "consistency" and s.consistency.compare == "embedding":
             _ = self.embed  # a missing embedding model fails before any merge
         todo = [i for i, p in enumerate(self.record.points) if not self._measured(p)]
@@ -266,10 +286,14 @@ class CoefficientSearch:
         return self.record
 
 
-def check_inputs(settings: SearchSettings, inputs: SearchInputs) -> None:
-    """The inputs suit the criterion: accuracy needs labels, uncertainty multiple-choice items only."""
-    if settings.criterion == "accuracy" and not inputs.has_labels:
-        raise DataError(f"criterion accuracy (the oracle) needs labels; dataset(s) {inputs.unlabelled} have no answers")
+def check_inputs(settings: SearchSettings, inputs: SearchInputs, *, lmms_accuracy: bool = False) -> None:
+    """The inputs suit the criterion: accuracy needs labels (unless lmms-eval scores the points), uncertainty
+    multiple-choice items only."""
+    if settings.criterion == "accuracy" and not inputs.has_labels and not lmms_accuracy:
+        raise DataError(
+            f"criterion accuracy (the oracle) needs labels; dataset(s) {inputs.unlabelled} have no answers "
+            "(or set lmms_eval.accuracy: true to score the points with lmms-eval's tasks)"
+        )
     if settings.criterion == "uncertainty" and inputs.open_files:
         raise DataError(
             f"criterion uncertainty scores multiple-choice items only; {[str(f) for f in inputs.open_files]} hold "
@@ -334,16 +358,18 @@ def run_search(
         write_search_report(previous, run_dir)
         return previous
     record = previous
+    merger: IncrementalMerger | None = None
+    processor: Any = None
     if record is None or not record.complete:
         s = config.search
         inputs = load_search_inputs(config.data, sample=s.sample, seed=s.seed)
-        check_inputs(s, inputs)
+        lmms_points = config.lmms_eval if config.lmms_eval is not None and config.lmms_eval.accuracy else None
+        check_inputs(s, inputs, lmms_accuracy=lmms_points is not None)
         embedding = s.criterion == "consistency" and s.consistency.compare == "embedding"
         embed = default_embed(s.consistency.model) if embedding else None  # fails before any model is loaded
         base = config.base_model or config.models[0].model
         with nullcontext(backend) if backend is not None else open_backend(config.execution) as backend:
             # A distributed backend's workers load their own resident base; the driver needs none.
-            merger, processor = None, None
             if not backend.distributed:
                 model, processor, device = load_resident(base, config.device, config.dtype)
                 merger = IncrementalMerger(model, device=device)
@@ -362,6 +388,8 @@ def run_search(
                 embed=embed,
                 backend=backend,
                 resident=ResidentSpec(base, config.device, config.dtype),
+                lmms=lmms_points,
+                lmms_dir=run_dir / LMMS_DIR / "points",
             )
             record = search.run()
     assert record.chosen_value is not None
@@ -369,18 +397,27 @@ def run_search(
         config.merge_config(record.chosen_value), run_dir, device=config.device, max_shard_size=config.max_shard_size
     )
     if config.lmms_eval is not None:
-        _lmms_eval_chosen(config, out, run_dir)
+        score = _lmms_eval_chosen(config, record.chosen_value, merger, processor, run_dir / LMMS_DIR)
+        record = record.model_copy(update={"lmms_score": score})
     record = record.model_copy(update={"model_dir": str(out), "wall_s": done_before + time.perf_counter() - started})
     atomic_write_text(run_dir / SEARCH_FILE, record.to_json())
     write_search_report(record, run_dir)
     return record
 
 
-def _lmms_eval_chosen(config: SearchConfig, model_dir: Path, run_dir: Path) -> float:
-    """lmms-eval's score of the chosen merge, read from ``model_dir`` (written anyway; the resident model may live
-    in a worker); its results go to ``run_dir/lmms_eval``."""
-    from uqmerge.evaluate.lmms import evaluate_resident
+def _lmms_eval_chosen(
+    config: SearchConfig, value: float, merger: IncrementalMerger | None, processor: Any, out_dir: Path
+) -> float:
+    """lmms-eval's score of the merge at the chosen ``value``, set in the resident model (the search's own, else the
+    base loaded here: a distributed search's resident models live in its workers); results go to ``out_dir``."""
+    from uqmerge.evaluate.lmms import evaluate_merge_in_resident
 
     assert config.lmms_eval is not None
-    model, processor, _ = load_resident(str(model_dir), config.device, config.dtype)
-    return evaluate_resident(model, processor, config.lmms_eval, run_dir / "lmms_eval", name=str(model_dir))
+    if merger is None:
+        base = config.base_model or config.models[0].model
+        model, processor, device = load_resident(base, config.device, config.dtype)
+        merger = IncrementalMerger(model, device=device)
+    name = f"{config.search.parameter}={value:g}"
+    return evaluate_merge_in_resident(
+        merger, config.merge_config(value), processor, config.lmms_eval, out_dir, name=name
+    )

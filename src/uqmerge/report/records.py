@@ -97,6 +97,8 @@ class SearchRecord(_Record):
     digest: str
     config: dict[str, Any] = Field(default_factory=dict)
     model_dir: str | None = None
+    accuracy_from: str | None = None  # what the points' accuracy is: "labels" (the data's) or "lmms-eval"
+    lmms_score: float | None = None  # lmms-eval's score of the chosen merge (an ``lmms_eval:`` block)
     wall_s: float = 0.0
 
     @property

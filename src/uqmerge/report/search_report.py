@@ -88,8 +88,13 @@ def explain_search(record: SearchRecord) -> str:
     if record.compare is not None:
         text += f", responses compared {COMPARISONS.get(record.compare, record.compare)}"
     text += "; ties go to the smaller value."
+    if record.accuracy_from == "lmms-eval":
+        tasks = ", ".join((record.config.get("lmms_eval") or {}).get("tasks", [])) or "its tasks"
+        text += f" Accuracy is lmms-eval's score of each point's merge on {tasks} (mean of each task's first metric)."
     if record.chosen_value is not None:
         text += f" Chosen: {record.parameter} = {record.chosen_value:g}."
+    if record.lmms_score is not None:
+        text += f" lmms-eval score of the chosen merge: {record.lmms_score:.4f} (results in lmms_eval/)."
     return text
 
 

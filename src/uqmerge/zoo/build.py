@@ -676,4 +676,3 @@ def build_zoo_with_progress(
         return build_zoo(
             out_dir, recipe, seed, force=force, on_step=_step_counter(recipe, report), expert_workers=expert_workers
         )
-

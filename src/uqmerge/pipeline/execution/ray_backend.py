@@ -198,6 +198,8 @@ class RayBackend(ExecutionBackend):
             base_model=resident.base_model,
             device=device.type,
             dtype=resident.dtype,
+            lmms=search.lmms,
+            lmms_dir=None if search.lmms_dir is None else str(search.lmms_dir),
         )
         pool = self._pool(device.type, len(indices))
         job_ref = ray.put(job)

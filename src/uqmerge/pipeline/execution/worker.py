@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from uqmerge.engine.recipe import MergeConfig
+    from uqmerge.evaluate.lmms_config import LmmsEvalSettings
     from uqmerge.pipeline.search import CoefficientSearch
     from uqmerge.pipeline.search_config import SearchSettings
     from uqmerge.pipeline.search_inputs import SearchInputs
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 class SearchJob:
     """Everything a worker needs to measure any grid point of one search in its own resident model.
 
-    ``configs`` is the merge at each grid value (grid order); ``device`` is the driver's resolved device type.
+    ``configs`` is the merge at each grid value (grid order); ``device`` is the driver's resolved device type;
+    ``lmms`` (lmms-eval tasks) scores each point's accuracy, its results written under ``lmms_dir`` when given.
     """
 
     key: str
@@ -43,6 +45,8 @@ class SearchJob:
     base_model: str
     device: str
     dtype: str
+    lmms: LmmsEvalSettings | None = None
+    lmms_dir: str | None = None
 
 
 def _peak_rss_mib() -> float:
@@ -124,6 +128,8 @@ class ScoringWorker:
             digest=job.key,
             config={},
             quiet=True,
+            lmms=job.lmms,
+            lmms_dir=None if job.lmms_dir is None else Path(job.lmms_dir),
         )
         self._search_key = job.key
         log.info("worker %d: resident %s for search %s", os.getpid(), job.base_model, job.key[:8])
