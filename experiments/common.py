@@ -99,6 +99,14 @@ def zoo(root: Path, preset: str, seed: int) -> Zoo:
     return Zoo(path, read_manifest(path))
 
 
+def method_takes(method: str, n_models: int) -> bool:
+    """Whether ``method`` merges ``n_models`` models (Model Stock needs at least two)."""
+    from uqmerge.methods.registry import get_method
+
+    spec = get_method(method)
+    return n_models >= spec.min_models and (spec.max_models is None or n_models <= spec.max_models)
+
+
 def run_config(z: Zoo, **overrides: Any) -> dict[str, Any]:
     """The demo's run config (uniform linear merge, `vl` UQ, J=4, held-in MC) with nested ``overrides``.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from common import PAPER_METHODS, parse_args, short, uq_merge, write_table, zoo
+from common import PAPER_METHODS, method_takes, parse_args, short, uq_merge, write_table, zoo
 
 from uqmerge.core.stats import mean_se
 from uqmerge.report.tables import pct
@@ -29,7 +29,12 @@ def main() -> None:
     selected = run.selected
     subsets = [list(s.selected) for s in random_subsets(z.expert_ids, len(selected), SUBSET_SEEDS)]
     rows, data = [], {"uq_merge": {"selected": selected}, "subsets": subsets, "methods": {}}
+    undefined = [m for m in PAPER_METHODS if not method_takes(m, len(selected))]
     for method in PAPER_METHODS:
+        if method in undefined:  # e.g. Model Stock of one model: no such merge, so no row of figures
+            data["methods"][method] = None
+            rows.append([method, f"random k={len(selected)} ×{len(subsets)}", "n/a", "n/a"])
+            continue
         scores = [z.evaluate(s, method) for s in subsets]
         held_in = mean_se(s["mc_mean"] for s in scores)
         held_out = mean_se(s["open_mean"] for s in scores)
@@ -52,7 +57,8 @@ def main() -> None:
         ["method", "models", "held-in MC", "held-out EM"],
         rows,
         data,
-        notes=f"Random subsets: {'; '.join(short(s) for s in subsets)}.",
+        notes=f"Random subsets: {'; '.join(short(s) for s in subsets)}."
+        + "".join(f" {m} is not defined for {len(selected)} model(s)." for m in undefined),
         started=started,
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from common import PAPER_METHODS, parse_args, short, uq_merge, write_table, zoo
+from common import PAPER_METHODS, method_takes, parse_args, short, uq_merge, write_table, zoo
 
 from uqmerge.report.tables import pct
 
@@ -19,9 +19,15 @@ def main() -> None:
     selected = uq_merge(args.root, z, "uq-merge").selected
     groups = {f"all {len(z.expert_ids)}": z.expert_ids, f"UQ-Merge's {len(selected)}": selected}
     rows, data = [], {"groups": groups, "methods": {}}
+    undefined: list[str] = []
     for method in PAPER_METHODS:
         row = [method]
         for label, group in groups.items():
+            if not method_takes(method, len(group)):  # e.g. Model Stock of one model: no such merge
+                data["methods"].setdefault(method, {})[label] = None
+                row += ["n/a", "n/a"]
+                undefined.append(f"{method} is not defined for {len(group)} model(s).")
+                continue
             r = z.evaluate(group, method)
             data["methods"].setdefault(method, {})[label] = {"held_in": r["mc_mean"], "held_out": r["open_mean"]}
             row += [pct(r["mc_mean"]), pct(r["open_mean"])]
@@ -35,7 +41,7 @@ def main() -> None:
         columns,
         rows,
         data,
-        notes=f"UQ-Merge's group: {short(selected)}.",
+        notes=" ".join([f"UQ-Merge's group: {short(selected)}.", *undefined]),
         started=started,
     )
 
