@@ -19,6 +19,10 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # each, and the mini zoo would be built once per importing module.
 from zoo_fixtures import mini_zoo  # noqa: E402, F401
 
+# The UQ tests' session models and data, registered as a plugin here so that pytest rewrites its asserts before
+# any test module imports its helpers.
+pytest_plugins = ("uq_fixtures",)
+
 
 def _family(root: Path, builder, n_experts: int = 3) -> dict[str, Path]:
     from uqmerge.checkpoint.synthetic import make_fake_finetune

@@ -21,8 +21,6 @@ from uqmerge.uq.prompts import resolve_option_token_ids
 from uqmerge.uq.results import UQResult
 from uqmerge.uq.scoring import letter_probabilities
 
-pytest_plugins = ("uq_fixtures",)
-
 BATCH_SIZES = (1, 4, 8, 32)
 N_ITEMS = 6
 

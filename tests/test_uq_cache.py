@@ -18,8 +18,6 @@ from uqmerge.uq.api import run_uq
 from uqmerge.uq.cache import CACHE_ENV, UQCache, default_cache_dir, fingerprint_model_dir
 from uqmerge.uq.config import UQConfig
 
-pytest_plugins = ("uq_fixtures",)
-
 
 def test_rerun_is_a_logged_cache_hit_with_identical_json(
     uq_llava_dir: Path,

@@ -12,8 +12,6 @@ from uqmerge.uq.prompts import resolve_option_token_ids
 
 OPTIONS = ["red", "blue", "green", "yellow", "I don't know", "None of the above"]
 
-pytest_plugins = ("uq_fixtures",)
-
 
 def test_user_text_matches_the_spec_exactly() -> None:
     text = format_user_text("What colour is the circle?", OPTIONS, hint="Look closely.")

@@ -17,8 +17,6 @@ from uqmerge.uq.perturb import MC_DROPOUT_ATTENTION, inference_mode, language_mo
 
 MODELS = ["uq_llava", "uq_qwen2vl"]
 
-pytest_plugins = ("uq_fixtures",)
-
 
 def _run(loaded, path: Path, **config) -> object:
     model, processor = loaded

@@ -1,4 +1,4 @@
-"""Session-scoped tiny models and MC data for the UQ tests (import the fixtures into a test module).
+"""Session-scoped tiny models and MC data for the UQ tests (a plugin of conftest.py).
 
 Models are memoised per process, so modules that import the same fixture share one build.
 """
