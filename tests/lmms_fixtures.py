@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import yaml
 from PIL import Image
@@ -67,3 +68,27 @@ def local_tasks(root: Path) -> Path:
     for task in (open_task, mc_task):
         (root / f"{task['task']}.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     return root
+
+
+def unlabelled_inputs(root: Path) -> Path:
+    """One multiple-choice input without an answer (a red image): search data that carry no labels."""
+    import json
+
+    (root / "img.png").write_bytes(png(COLOURS["red"]))
+    path = root / "inputs.jsonl"
+    path.write_text(json.dumps({"id": "u0", "image": "img.png", "question": "colour?", "options": ["a", "b"]}))
+    return path
+
+
+def lmms_accuracy_search(family: dict[str, Path], root: Path, grid: list[float]) -> dict[str, Any]:
+    """A search config over ``grid`` (λ of task arithmetic over two experts of ``family``) whose points' accuracy
+    is lmms-eval's ``colours_mc`` (local tasks written under ``root/tasks``) and whose data carry no labels."""
+    inputs = unlabelled_inputs(root)
+    return {
+        "base_model": str(family["base"]),
+        "models": [str(family["expert0"]), str(family["expert1"])],
+        "merge": {"merge_method": "task_arithmetic"},
+        "search": {"parameter": "lambda", "grid": grid, "criterion": "accuracy", "data": [str(inputs)]},
+        "device": "cpu",
+        "lmms_eval": {"tasks": "colours_mc", "include": [str(local_tasks(root / "tasks"))], "accuracy": True},
+    }

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from lmms_fixtures import COLOURS, local_tasks, png
+from lmms_fixtures import COLOURS, lmms_accuracy_search, local_tasks, unlabelled_inputs
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -264,20 +264,9 @@ def test_a_search_scores_every_point_with_lmms_eval_in_the_resident_model(
     from uqmerge.pipeline.search import run_search
     from uqmerge.pipeline.search_config import parse_search_config
 
-    tasks = local_tasks(tmp_path / "tasks")
     # The search's own inputs carry no answers: the labelled signal is lmms-eval's.
-    (tmp_path / "img.png").write_bytes(png(COLOURS["red"]))
-    unlabelled = tmp_path / "inputs.jsonl"
-    unlabelled.write_text(json.dumps({"id": "u0", "image": "img.png", "question": "colour?", "options": ["a", "b"]}))
-    cfg = {
-        "base_model": str(llava_family["base"]),
-        "models": [str(llava_family["expert0"]), str(llava_family["expert1"])],
-        "merge": {"merge_method": "task_arithmetic"},
-        "search": {"parameter": "lambda", "grid": [0.0, 1.0, 2.5], "criterion": "accuracy", "data": [str(unlabelled)]},
-        "device": "cpu",
-        "lmms_eval": {"tasks": "colours_mc", "include": [str(tasks)], "accuracy": True},
-    }
-    config = parse_search_config(cfg)
+    config = parse_search_config(lmms_accuracy_search(llava_family, tmp_path, [0.0, 1.0, 2.5]))
+    tasks = tmp_path / "tasks"
     run_dir = tmp_path / "run"
     record = run_search(config, run_dir, quiet=True)
     assert record.accuracy_from == "lmms-eval"
@@ -306,10 +295,7 @@ def test_criterion_accuracy_without_labels_or_lmms_eval_names_the_fix(
     from uqmerge.pipeline.search import run_search
     from uqmerge.pipeline.search_config import parse_search_config
 
-    (tmp_path / "img.png").write_bytes(png(COLOURS["red"]))
-    (tmp_path / "inputs.jsonl").write_text(
-        json.dumps({"id": "u0", "image": "img.png", "question": "q", "options": ["a", "b"]})
-    )
+    inputs = unlabelled_inputs(tmp_path)
     cfg = {
         "base_model": str(llava_family["base"]),
         "models": [str(llava_family["expert0"])],
@@ -318,7 +304,7 @@ def test_criterion_accuracy_without_labels_or_lmms_eval_names_the_fix(
             "parameter": "lambda",
             "grid": [0.0, 1.0],
             "criterion": "accuracy",
-            "data": [str(tmp_path / "inputs.jsonl")],
+            "data": [str(inputs)],
         },
         "device": "cpu",
     }

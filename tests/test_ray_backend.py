@@ -265,20 +265,9 @@ def test_search_scored_by_lmms_eval_on_ray_equals_the_local_search(
     cluster: None, llava_family: dict[str, Path], tmp_path: Path
 ) -> None:
     pytest.importorskip("lmms_eval", reason="lmms-eval is not installed: pip install 'uqmerge[lmms]'")
-    from lmms_fixtures import COLOURS, local_tasks, png
+    from lmms_fixtures import lmms_accuracy_search
 
-    tasks = local_tasks(tmp_path / "tasks")
-    (tmp_path / "img.png").write_bytes(png(COLOURS["red"]))
-    inputs = tmp_path / "inputs.jsonl"
-    inputs.write_text(json.dumps({"id": "u0", "image": "img.png", "question": "colour?", "options": ["a", "b"]}))
-    cfg = {
-        "base_model": str(llava_family["base"]),
-        "models": [str(llava_family["expert0"]), str(llava_family["expert1"])],
-        "merge": {"merge_method": "task_arithmetic"},
-        "search": {"parameter": "lambda", "grid": [0.0, 2.5], "criterion": "accuracy", "data": [str(inputs)]},
-        "device": "cpu",
-        "lmms_eval": {"tasks": "colours_mc", "include": [str(tasks)], "accuracy": True},
-    }
+    cfg = lmms_accuracy_search(llava_family, tmp_path, [0.0, 2.5])
     local = run_search(parse_search_config(cfg), tmp_path / "local", quiet=True)
     on_ray = run_search(parse_search_config({**cfg, "execution": RAY}), tmp_path / "ray", quiet=True)
     assert [p.model_dump(exclude={"merge_s", "eval_s"}) for p in on_ray.points] == [

@@ -30,3 +30,8 @@ class LmmsEvalSettings(BaseModel):
         if isinstance(v, list):
             return [t.strip() for item in v for t in str(item).split(",") if t.strip()]
         return v
+
+
+def accuracy_signal(settings: LmmsEvalSettings | None) -> LmmsEvalSettings | None:
+    """The ``lmms_eval:`` block when it gives the labelled signal (``accuracy: true``), else None."""
+    return settings if settings is not None and settings.accuracy else None

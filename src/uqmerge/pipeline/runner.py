@@ -17,6 +17,7 @@ from uqmerge.core.errors import ConfigError, OutputError
 from uqmerge.core.files import atomic_write_text
 from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
+from uqmerge.evaluate.lmms_config import accuracy_signal
 from uqmerge.pipeline.config import RunConfig
 from uqmerge.pipeline.digest import config_digest
 from uqmerge.pipeline.execution.backend import ExecutionBackend, LocalBackend, ModelJob, ResidentSpec, open_backend
@@ -193,8 +194,7 @@ class UQMergeRun:
         mode it sorts by); :meth:`candidate_uq` then takes each result once. Random guidance scores only its
         first candidate, and lmms-eval accuracy is measured in the resident model, so nothing is prefetched then."""
         guidance = self.config.selection.guidance
-        lmms_accuracy = self.config.lmms_eval is not None and self.config.lmms_eval.accuracy
-        if guidance == "random" or (guidance == "accuracy" and lmms_accuracy):
+        if guidance == "random" or (guidance == "accuracy" and accuracy_signal(self.config.lmms_eval)):
             return
         config = self.uq_config.model_copy(update={"mode": UQMode.NONE}) if guidance == "accuracy" else self.uq_config
         ids = [c.id for c in self.config.candidates]
@@ -205,7 +205,7 @@ class UQMergeRun:
         return float(self.candidate_uq(cid).score)
 
     def model_accuracy(self, cid: str) -> float:
-        if self.config.lmms_eval is not None and self.config.lmms_eval.accuracy:
+        if accuracy_signal(self.config.lmms_eval):
             return self.lmms_score([cid], None, self.run_dir / "lmms_eval" / "candidates" / cid)
         score = self.candidate_uq(cid, self.uq_config.model_copy(update={"mode": UQMode.NONE}))
         if score.accuracy is None:
@@ -340,7 +340,7 @@ class UQMergeRun:
             quiet=self.quiet,
             backend=self.backend,
             resident=ResidentSpec(self.config.base_model, self.config.device, self.config.dtype),
-            lmms=lmms if lmms is not None and lmms.accuracy else None,
+            lmms=accuracy_signal(lmms),
             lmms_dir=self.run_dir / "lmms_eval" / "search",
         )
         return search.run()

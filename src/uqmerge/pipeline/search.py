@@ -24,7 +24,7 @@ from uqmerge.core.files import atomic_write_text
 from uqmerge.engine.incremental import IncrementalMerger
 from uqmerge.engine.merge import merge_to_dir
 from uqmerge.engine.recipe import MergeConfig
-from uqmerge.evaluate.lmms_config import LmmsEvalSettings
+from uqmerge.evaluate.lmms_config import LmmsEvalSettings, accuracy_signal
 from uqmerge.pipeline.digest import config_digest
 from uqmerge.pipeline.execution.backend import ExecutionBackend, LocalBackend, ResidentSpec, open_backend
 from uqmerge.pipeline.search_config import SearchConfig, SearchSettings
@@ -363,7 +363,7 @@ def run_search(
     if record is None or not record.complete:
         s = config.search
         inputs = load_search_inputs(config.data, sample=s.sample, seed=s.seed)
-        lmms_points = config.lmms_eval if config.lmms_eval is not None and config.lmms_eval.accuracy else None
+        lmms_points = accuracy_signal(config.lmms_eval)
         check_inputs(s, inputs, lmms_accuracy=lmms_points is not None)
         embedding = s.criterion == "consistency" and s.consistency.compare == "embedding"
         embed = default_embed(s.consistency.model) if embedding else None  # fails before any model is loaded
